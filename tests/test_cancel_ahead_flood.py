@@ -126,8 +126,7 @@ def test_a_cancel_ahead_refused_for_the_bound_is_answered_unconfirmed(inproc):
         ghost = next(g for g in (f"ghost-{j}-{i}" for i in range(1000)) if first in cluster.holders(g))
         assert cancels.serve(standby, {"id": ghost})["held"] is False
     held = cluster.net.hold("REPLICATE", src=standby, dst=first)
-    sub = cluster.submit(standby, tid)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit's answer")
+    cluster.submit_accepted(standby, tid)
 
     assert _cancel(cluster, standby, tid) == {"cancelled": True, "state": "scheduled", "unconfirmed": True}
     assert cluster[first].engine.cancels_ahead.refused == 1 and tid not in cluster[first].engine.table.ahead

@@ -60,8 +60,7 @@ def test_a_cancel_kept_ahead_of_its_copy_survives_the_first_holders_restart(inpr
         target = cancels.target
         monkeypatch.setattr(cancels, "target", lambda task_id: (target(task_id)[0], None))
     held = cluster.net.hold("REPLICATE", src=standby, dst=first)
-    sub = cluster.submit(standby, tid, **({} if key is None else {"key": key}))
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit's answer")
+    cluster.submit_accepted(standby, tid, **({} if key is None else {"key": key}))
 
     assert _cancel(cluster, standby, tid) == {"cancelled": True, "state": "scheduled"}
     assert cluster[first].state(tid) == CANCELLED and cluster[first].task(tid) is None

@@ -166,8 +166,7 @@ def test_readyz_of_a_restarted_node_waits_for_its_reconcile(tmp_path):
         ports: dict[str, int] = {}
         start_with_gateways(cluster, ports)
         cluster.publish(cluster.ids)
-        sub = cluster.submit("n1", countdown=600)
-        cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+        cluster.submit_accepted("n1", countdown=600)
         cluster.stop_node("n2")
         cluster.net.drop("SYNC", src="n2")
         back = cluster.start_node("n2", http_port=ports["n2"])

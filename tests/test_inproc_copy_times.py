@@ -26,8 +26,7 @@ def _task_held_by(cluster, holders: list[str]) -> str:
 def _submitted(cluster, via: str, tid: str, **fields) -> float:
     """Submit ``tid`` through ``via``, wait until every holder stored its
     copy; returns the task's eta (as the node that took the submit has it)."""
-    sub = cluster.submit(via, tid, **fields)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit accepted")
+    cluster.submit_accepted(via, tid, **fields)
     cluster.wait_until(lambda: all(cluster[h].task(tid) is not None for h in cluster.holders(tid)),
                        what="every holder's copy stored")
     return cluster[via].task(tid).eta

@@ -21,8 +21,8 @@ def _running_on_the_leaving_node(cluster) -> tuple[str, dict]:
     test worker with a 60 s lease: (task id, each node's test worker)."""
     tid = next(t for t in (cluster.task_id() for _ in range(10_000)) if cluster.holders(t) == ["n3", "n2"])
     workers = {n: cluster.worker(n) for n in cluster.nodes}
-    sub = cluster.submit("n3", tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and workers["n3"].runs(tid), what="the task running on n3")
+    cluster.accepted([cluster.submit("n3", tid, timeout=60)])
+    cluster.wait_until(lambda: workers["n3"].runs(tid), what="the task running on n3")
     cluster.wait_until(lambda: cluster["n2"].task(tid) is not None and cluster["n2"].task(tid).timer_at is not None
                        and cluster["n2"].task(tid).timer_at > cluster["n3"].task(tid).lease_end,
                        what="n2's standby copy told that n3 runs it")

@@ -48,8 +48,8 @@ def _running(cluster) -> tuple[str, str, str, Any]:
     tid = cluster.task_id()
     runner, other = cluster.holders(tid)
     worker = cluster.worker(runner)
-    sub = cluster.submit(runner, tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    cluster.accepted([cluster.submit(runner, tid, timeout=60)])
+    cluster.wait_until(lambda: worker.runs(tid), what="the task running")
     return tid, runner, other, worker
 
 
@@ -128,8 +128,7 @@ def test_a_task_a_new_holder_already_finished_is_finished_on_every_new_holder(in
     cluster = inproc(3, ring=OLD, replicas=2, replica_offset=3600.0)
     tid = next(t for t in (cluster.task_id() for _ in range(1000)) if cluster.holders(t) == ["n1", "n2"])
     missed = cluster.net.drop("EVENTS", src="n1", dst="n2")
-    sub = cluster.submit("n1", tid)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit accepted")
+    cluster.submit_accepted("n1", tid)
     worker = cluster.worker("n1")
     cluster.wait_until(lambda: worker.runs(tid), what="the task running on n1")
     worker.complete(tid)
@@ -166,8 +165,8 @@ def test_a_task_dead_lettered_before_its_handed_off_copy_arrived_stays_dead_ther
             break
     runner = old[0]
     worker = cluster.worker(runner)
-    sub = cluster.submit(runner, tid, timeout=60)
-    cluster.wait_until(lambda: sub.status == "accepted" and worker.runs(tid), what="the task running")
+    cluster.accepted([cluster.submit(runner, tid, timeout=60)])
+    cluster.wait_until(lambda: worker.runs(tid), what="the task running")
     held = cluster.net.hold("REPLICATE", dst="n4")
     synced = cluster.net.hold("ANSWER", dst="n4", answering="SYNC")   # the copies a resync would bring too
     epoch = cluster.publish(ALL)
@@ -560,8 +559,7 @@ def test_a_waiting_copy_told_by_a_replicate_answer_that_the_task_is_dead_is_dead
     cluster = inproc(3, replicas=2, replica_offset=3600.0)
     tid = cluster.task_id()
     first, second = cluster.holders(tid, 2)
-    sub = cluster.submit(first, tid, countdown=600)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on both holders")
+    cluster.submit_accepted(first, tid, countdown=600)
     copies = cluster[first].role.copies
     refusals = cluster[first].node.core.refusals
     before = refusals.total()
@@ -786,8 +784,7 @@ def test_an_answer_from_a_holder_with_no_time_of_its_own_leaves_another_holder_s
     cluster = inproc(3, replicas=3)
     handoff = cluster["n1"].role.handoff
     owed = cluster.task_id()
-    sub = cluster.submit("n1", owed, countdown=300)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on its holders")
+    cluster.submit_accepted("n1", owed, countdown=300)
     now = monotonic()
     handoff.leaving[owed] = {"n3"}                   # n3 has not confirmed it
     handoff.leaving["on-its-way-to-n2"] = {"n2"}
@@ -815,8 +812,7 @@ def test_an_answer_from_a_holder_whose_quick_retry_is_ahead_brings_the_round_to_
     cluster = inproc(2, ring=["n1", "n2"], replicas=2)
     handoff = cluster["n1"].role.handoff
     owed = cluster.task_id()
-    sub = cluster.submit("n1", owed, countdown=300)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the task stored on its holders")
+    cluster.submit_accepted("n1", owed, countdown=300)
     now = monotonic()
     handoff.leaving[owed] = {"n2"}                   # a copy that could not go
     handoff.leaving["on-its-way"] = {"n2"}

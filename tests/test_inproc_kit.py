@@ -20,8 +20,7 @@ def test_every_message_is_recorded_with_its_fate(inproc):
     """A submit's REPLICATE requests and their answers are on the log, each
     delivered, with the task ids they carry and the command an answer answers."""
     cluster = inproc(3)
-    sub = cluster.submit("n1")
-    cluster.wait_until(lambda: sub.status == ACCEPTED, what="the submit")
+    sub = cluster.submit_accepted("n1")
     sent = cluster.net.messages("REPLICATE", src="n1", task=sub.task_id)
     answers = cluster.net.messages("ANSWER", dst="n1", answering="REPLICATE", task=sub.task_id)
     assert {m.dst for m in sent} == set(cluster.holders(sub.task_id)) - {"n1"}

@@ -17,7 +17,6 @@ import pytest
 
 from miyaq.cluster import peer_requests
 from miyaq.cluster.peer_versions import PeerVersions
-from miyaq.protocol.commands import ACCEPTED
 
 pytestmark = pytest.mark.timeout(60)
 ALL = ["n1", "n2", "n3"]
@@ -39,8 +38,7 @@ def _replicated(cluster, via: str) -> str:
     """Submit a task led by ``via`` (every node holds it: replicas 3,
     min_acks all three) and wait until it is accepted and stored everywhere."""
     tid = cluster.task_led_by(via)
-    sub = cluster.submit(via, tid)
-    cluster.wait_until(lambda: sub.status == ACCEPTED, what=f"{tid} accepted via {via}")
+    cluster.submit_accepted(via, tid)
     cluster.wait_until(lambda: all(cluster[n].task(tid) or cluster[n].tombstone(tid) for n in cluster.nodes),
                        what=f"{tid} stored on every node")
     return tid
@@ -86,8 +84,7 @@ def test_nodes_that_speak_version_2_send_a_submits_copies_as_rows(inproc):
             mine.name, mine.queue, mine.body, mine.holders, mine.replicas, mine.spec), n
         assert copy.standby and copy.rank == mine.holders.index(n)
     keyed = cluster.task_led_by("n1")
-    sub = cluster.submit("n1", keyed, key="k-" + keyed)
-    cluster.wait_until(lambda: sub.status == ACCEPTED, what="a keyed submit")
+    cluster.submit_accepted("n1", keyed, key="k-" + keyed)
     assert _layouts(cluster, keyed, "n1", "n2") == [(2, "map")]     # not a submit's plain layout: a map
     _nothing_refused(cluster)
 

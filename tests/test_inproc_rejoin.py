@@ -21,8 +21,7 @@ def test_holder_cut_off_comes_back_with_an_old_epoch_and_does_not_run_a_finished
     finished it; it does not run the task again."""
     cluster = inproc(3)
     tid = cluster.task_led_by("n3")
-    sub = cluster.submit("n1", tid, countdown=1.0)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid, countdown=1.0)
 
     cluster.net.cut("n3")
     cluster.script.expire("n3")
@@ -57,8 +56,7 @@ def test_holder_restarted_from_its_log_after_the_ring_moved_on(inproc, tmp_path)
     gets its copy of the new task by handoff, and runs nothing twice."""
     cluster = inproc(3, data_dir=str(tmp_path), fsync="never")
     tid = cluster.task_led_by("n3")
-    sub = cluster.submit("n1", tid, countdown=1.0)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid, countdown=1.0)
 
     cluster.stop_node("n3")
     cluster.publish(REST)
@@ -68,8 +66,7 @@ def test_holder_restarted_from_its_log_after_the_ring_moved_on(inproc, tmp_path)
                                 what="another holder to run the task")
     workers[runner].complete(tid)
     cluster.wait_until(lambda: all(cluster[n].state(tid) == DONE for n in REST), what="done without n3")
-    fresh = cluster.submit("n1", countdown=60)
-    cluster.wait_until(lambda: fresh.status == "accepted", what="a submit while n3 is away")
+    fresh = cluster.submit_accepted("n1", countdown=60)
 
     back = cluster.start_node("n3")
     assert back.task(tid) is not None and back.task(tid).state != DONE      # replayed from its log

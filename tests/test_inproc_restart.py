@@ -25,8 +25,7 @@ def test_restarted_holder_whose_reconcile_times_out_asks_before_it_runs_a_restor
     is finished without running a second time."""
     cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
     tid = cluster.task_led_by("n2")
-    sub = cluster.submit("n1", tid, countdown=0.5)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid, countdown=0.5)
 
     cluster.stop_node("n2")
     survivor = cluster.worker("n1")
@@ -60,8 +59,7 @@ def test_restarted_holder_runs_a_restored_copy_when_every_other_holder_is_silent
     silent takes over, so the restarted node still runs, once, what it holds."""
     cluster = inproc(2, replicas=2, data_dir=str(tmp_path), fsync="always")
     tid = cluster.task_led_by("n2")
-    sub = cluster.submit("n1", tid, countdown=0.5)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid, countdown=0.5)
     cluster.stop_node("n2")
     cluster.stop_node("n1")
     cluster.advance(1.0)
@@ -86,8 +84,7 @@ def test_holder_resumed_from_a_freeze_asks_before_it_runs_a_copy_that_came_due(i
     task running, and waits; the task runs once."""
     cluster = inproc(2, replicas=2, default_timeout=60.0)     # a lease that outlasts the reconcile
     tid = cluster.task_led_by("n2")
-    sub = cluster.submit("n1", tid, countdown=0.5)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid, countdown=0.5)
 
     cluster.net.cut("n2")
     survivor = cluster.worker("n1")
@@ -139,8 +136,7 @@ def test_a_holder_whose_session_ended_does_not_take_over_a_standby_copy(inproc):
     coordinator cannot confirm its ring, so the copy does not even ask."""
     cluster = inproc(2, replicas=2, replica_offset=5.0, default_timeout=60.0)
     tid = cluster.task_led_by("n1")
-    sub = cluster.submit("n2", tid, countdown=0.5)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n2", tid, countdown=0.5)
     resumed = cluster["n1"]
     cluster.net.cut("n1")
     cluster.script.expire("n1")

@@ -70,8 +70,7 @@ def test_a_copy_stored_before_the_emptied_nodes_first_ring_view_does_not_run_on_
 
     tid = _task_with_n1_second(cluster)
     runner = cluster.worker("n2")
-    sub = cluster.submit("n2", tid, replicas=2)
-    cluster.wait_until(lambda: sub.status == ACCEPTED, what="the submit")
+    cluster.submit_accepted("n2", tid, replicas=2)
     assert back.task(tid) is not None, "n1 stores its copy before it has a ring"
     cluster.wait_until(lambda: runner.runs(tid), what="the task to run on n2")
     runner.complete(tid)
@@ -205,11 +204,9 @@ def test_a_reconcile_does_not_time_out_while_the_restarted_node_waits_to_registe
     ``idb`` ``unavailable``."""
     cluster = inproc(3, replicas=2, min_acks=1, data_dir=str(tmp_path), fsync="never")
     key, other = _key_led_by(cluster, "n1")
-    kept = cluster.submit("n1", cluster.task_led_by("n1", replicas=2), countdown=3600)
-    cluster.wait_until(lambda: kept.status == ACCEPTED, what="a delayed task stored on n1")
+    cluster.submit_accepted("n1", cluster.task_led_by("n1", replicas=2), countdown=3600)
     cluster.stop_node("n1")
-    first = cluster.submit(other, "ida", key=key, countdown=3600)
-    cluster.wait_until(lambda: first.status == ACCEPTED, what="ida accepted")
+    cluster.submit_accepted(other, "ida", key=key, countdown=3600)
 
     registering = ScriptedCoordinator.start
     timeout = cluster.settings["reconcile_timeout"]
@@ -258,8 +255,7 @@ def test_an_emptied_node_the_ring_dropped_before_it_registered_joins_as_a_new_no
     registering = ScriptedCoordinator.start
 
     def registration_after_the_ring_dropped_it(coordinator: ScriptedCoordinator) -> None:
-        sub = cluster.submit("n2", tid, replicas=2)
-        cluster.wait_until(lambda: sub.status == ACCEPTED, what="the copy stored on n1 before it registered")
+        cluster.submit_accepted("n2", tid, replicas=2)
         cluster.publish(["n2", "n3"])             # n1's old session expired: the leader drops it
         cluster.wait_until(lambda: runner.runs(tid), what="the task to run on n2")
         runner.complete(tid)
@@ -314,8 +310,7 @@ def test_a_holder_restarted_empty_answers_unavailable_not_no_task_until_it_recon
         cluster.publish(cluster.ids)
         tid = cluster.task_led_by("n1", replicas=2)
         other = cluster.holders(tid, 2)[1]
-        sub = cluster.submit(other, tid, countdown=600, replicas=2)
-        cluster.wait_until(lambda: sub.status == ACCEPTED, what="the submit")
+        cluster.submit_accepted(other, tid, countdown=600, replicas=2)
         cluster.wait_until(lambda: cluster["n1"].task(tid) is not None, what="n1's copy")
 
         cluster.stop_node("n1")

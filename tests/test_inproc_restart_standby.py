@@ -16,8 +16,7 @@ def _restart_n1_with_only_ends_in_its_log(cluster) -> None:
     stopped while the ring still lists it (its old ZooKeeper session has not
     expired) and restarted without a view of the ring yet."""
     first = cluster.task_led_by("n1", replicas=2)
-    sub = cluster.submit("n1", first, replicas=2)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the first submit")
+    cluster.submit_accepted("n1", first, replicas=2)
     worker = cluster.worker("n1")
     cluster.wait_until(lambda: worker.runs(first), what="the first task to run on n1")
     worker.complete(first)
@@ -54,8 +53,7 @@ def test_a_copy_stored_before_the_restarted_nodes_first_ring_view_does_not_run_o
     back = cluster["n1"]
     tid = _task_with_n1_second(cluster)
     runner = cluster.worker("n2")
-    sub = cluster.submit("n2", tid, replicas=2)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n2", tid, replicas=2)
     copy = back.task(tid)
     assert copy is not None and copy.standby, "n1 stores its copy of rank 1 before it has a ring"
     cluster.wait_until(lambda: runner.runs(tid), what="the task to run on n2")
@@ -94,7 +92,6 @@ def test_a_node_started_with_an_empty_log_does_not_reconcile(inproc, tmp_path):
         assert not handle.node.core.gate.holds(RECONCILING)
     tid = cluster.task_led_by("n1")
     worker = cluster.worker("n1")
-    sub = cluster.submit("n1", tid)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted("n1", tid)
     cluster.wait_until(lambda: worker.runs(tid), what="the task to run on n1")
     assert not cluster.crashes()

@@ -33,8 +33,8 @@ def _every_copy_standby_after_its_first_holder_restarted(cluster, tid: str) -> f
     ring without it, and check every copy is then a standby copy (the case
     at hand); the task's eta."""
     holders = cluster.holders(tid)
-    sub = cluster.submit("n1", tid, countdown=30)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(tid) for n in holders),
+    cluster.submit_accepted("n1", tid, countdown=30)
+    cluster.wait_until(lambda: all(cluster[n].task(tid) for n in holders),
                        what="every copy stored")
     eta: float = cluster["n1"].task(tid).eta
     back = _restart_through_a_ring_without_it(cluster, "n3", ["n1", "n2"])
@@ -106,8 +106,8 @@ def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_pa
     client resends it) instead of waiting for the connection to close."""
     cluster = inproc(3, data_dir=str(tmp_path), fsync="always", default_timeout=60.0)
     ran = cluster.task_led_by("n1")
-    sub = cluster.submit("n1", ran)
-    cluster.wait_until(lambda: sub.status == "accepted" and all(cluster[n].task(ran) for n in cluster.nodes),
+    cluster.submit_accepted("n1", ran)
+    cluster.wait_until(lambda: all(cluster[n].task(ran) for n in cluster.nodes),
                        what="every copy stored")
     worker = cluster.worker("n1")
     cluster.wait_until(lambda: worker.runs(ran), what="the task to run on n1")

@@ -22,8 +22,7 @@ def _standby_copy_of_a_task_its_first_holder_holds(cluster, complete: bool):
     cluster.net.drop("HEARTBEAT", src=runner, dst=standby)
     cluster.net.drop("SYNC", src=standby, dst=runner)
     standby_worker = cluster.worker(standby)
-    sub = cluster.submit(runner, tid, replicas=2)
-    cluster.wait_until(lambda: sub.status == "accepted", what="the submit")
+    cluster.submit_accepted(runner, tid, replicas=2)
     if complete:
         worker = cluster.worker(runner)
         cluster.wait_until(lambda: worker.runs(tid), what="the task to run on n1")
