@@ -24,8 +24,7 @@ def _restart_n1_with_a_lagging_view(inproc, tmp_path) -> tuple[object, list[str]
     it, n1 restarts from its log (seeing that ring, without itself) and the
     ring with n1 again reaches every node but n1. Returns (cluster, ids)."""
     cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="never")
-    subs = [cluster.submit("n2", countdown=3600) for _ in range(TASKS)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    subs = cluster.accepted([cluster.submit("n2", countdown=3600) for _ in range(TASKS)])
     tids = [s.task_id for s in subs]
     cluster.wait_until(lambda: all(_copies(cluster, t) == ALL for t in tids), what="three copies of each task")
     cluster.stop_node("n1")

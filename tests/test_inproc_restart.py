@@ -238,8 +238,7 @@ def test_making_due_copies_standby_after_a_freeze_lets_the_hub_run_between_slice
     cluster = inproc(2, replicas=2, default_timeout=60.0)
     node = cluster["n1"]
     tids = [cluster.task_led_by("n1") for _ in range(5)]
-    subs = [cluster.submit("n1", tid) for tid in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="the submits")
+    cluster.accepted([cluster.submit("n1", tid) for tid in tids])
     assert all(node.state(tid) == "ready" for tid in tids)         # no worker: they wait ready
 
     seen: list[int] = []

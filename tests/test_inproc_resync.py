@@ -128,8 +128,7 @@ def test_tasks_finished_between_two_chunks_of_a_resync_do_not_make_it_skip_other
     monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 5)
     cluster = inproc(3, replicas=2)
     tids = [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", "n2"]][:20]
-    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.accepted([cluster.submit("n1", t, countdown=300) for t in tids])
     n1, n2 = cluster["n1"], cluster["n2"]
     for tid in tids:
         n2.engine.forget(n2.task(tid))
@@ -161,8 +160,7 @@ def test_a_node_keeps_a_bounded_number_of_resync_snapshots_for_a_bounded_time(in
     tids = []
     for peer in peers:      # two tasks n1 shares with each peer: a resync of two chunks
         tids += [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", peer]][:2]
-    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.accepted([cluster.submit("n1", t, countdown=300) for t in tids])
     resync = cluster["n1"].role.resync
     for peer in peers:
         assert resync.serve(peer, {"cursor": 0})["next"] == 1
@@ -185,8 +183,7 @@ def test_listing_a_large_resync_snapshot_lets_the_node_serve_meanwhile(inproc, m
     monkeypatch.setattr(fairness, "HUB_SLICE", 0.0)
     cluster = inproc(3, replicas=2)
     tids = [t for t in (cluster.task_id() for _ in range(3000)) if sorted(cluster.holders(t)) == ["n1", "n2"]][:7]
-    subs = [cluster.submit("n1", t, countdown=300) for t in tids]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in subs), what="every submit accepted")
+    cluster.accepted([cluster.submit("n1", t, countdown=300) for t in tids])
     order: list[str] = []
     green.call_soon(order.append, "another greenlet ran")
     answer = cluster["n1"].role.resync.serve("n2", {"cursor": 0})

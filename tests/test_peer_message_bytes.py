@@ -238,8 +238,7 @@ def test_sync_answers_page_the_tombstones_each_once_with_a_growing_cursor(inproc
     monkeypatch.setattr(sync_module, "RESYNC_CHUNK", 1)
     cluster = inproc(3, replicas=3)
     _, finished = _finish_on_n1(cluster, 6, 400_000)    # one a page: half the 1 MiB budget holds one
-    waiting = [cluster.submit("n1", countdown=3600) for _ in range(3)]
-    cluster.wait_until(lambda: all(s.status == "accepted" for s in waiting), what="the waiting tasks stored")
+    waiting = cluster.accepted([cluster.submit("n1", countdown=3600) for _ in range(3)])
     resync = cluster["n1"].role.resync
     cursor: int | None = 0
     cursors, stones, tasks = [], [], []
