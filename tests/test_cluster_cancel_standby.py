@@ -78,7 +78,7 @@ def _running_on_its_first_holder(cluster: Any) -> tuple[str, str, list[str], Any
     holders = cluster.holders(tid)
     first = holders[0]
     worker = cluster.worker(first)
-    cluster.submit(first, tid)
+    cluster.submit_accepted(first, tid)
     cluster.wait_until(lambda: worker.runs(tid), what="the first holder to run the task")
     cluster.wait_until(lambda: all(cluster[h].task(tid) is not None and cluster[h].task(tid).attempt == 1
                                    for h in holders[1:]),
@@ -320,7 +320,7 @@ def test_a_new_first_holder_without_the_handoff_yet_leaves_the_answer_unconfirme
     cluster = inproc(4, ring=["n1", "n2", "n3"], replicas=3)
     tid, first, standby = _first_holder_after_a_join(cluster)
     worker = cluster.worker(first)
-    cluster.submit(first, tid)
+    cluster.submit_accepted(first, tid)
     cluster.wait_until(lambda: worker.runs(tid), what="the first holder to run the task")
     cluster.wait_until(lambda: cluster[standby].task(tid) is not None and cluster[standby].task(tid).attempt == 1,
                        what="the standby copy to hear the task started")
@@ -470,7 +470,7 @@ def test_a_task_placed_by_the_old_ring_just_after_the_asker_took_the_new_one_is_
     cluster.wait_until(lambda: cluster[standby].role.view.epoch == cluster["n4"].role.view.epoch
                        and cluster[standby].role.view.epoch != cluster[first].role.view.epoch, what="split views")
     worker = cluster.worker(first)
-    cluster.submit(first, tid)         # placed by the old ring
+    cluster.answered([cluster.submit(first, tid)])  # placed by the old ring
     cluster.wait_until(lambda: worker.runs(tid), what="the old first holder to run it")
     cluster.wait_until(lambda: cluster[standby].task(tid) is not None, what="the standby copy")
     assert cluster[standby].task(tid).created >= cluster[standby].role.view_since     # the edge the fix covers
@@ -494,7 +494,7 @@ def test_a_peers_cancel_gives_no_key_to_a_tombstone_it_did_not_keep_ahead(inproc
     tid = cluster.task_id()
     first = cluster.holders(tid)[0]
     worker = cluster.worker(first)
-    cluster.submit(first, tid)
+    cluster.submit_accepted(first, tid)
     cluster.wait_until(lambda: worker.runs(tid), what="the task to run")
     assert worker.complete(tid, b"42")
     cluster.wait_until(lambda: all(cluster[n].role.engine.table.tombstone(tid) is not None for n in cluster.nodes),

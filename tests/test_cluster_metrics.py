@@ -129,7 +129,7 @@ def two_holders_run_it(cluster: InProcessCluster, hold_runners_start: bool) -> t
     cluster.net.drop("HEARTBEAT", src=runner)
     cluster.net.drop("ANSWER", src=runner, answering="QUERY")
     workers = {h: cluster.worker(h) for h in holders}
-    cluster.submit(runner, tid, replicas=2)
+    cluster.submit_accepted(runner, tid, replicas=2)
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
     cluster.advance(3 * cluster.settings["replica_offset"])
     cluster.wait_until(lambda: any(workers[h].runs(tid) for h in standbys), timeout=30,

@@ -110,7 +110,7 @@ def test_an_end_ahead_of_its_copy_leaves_the_count_when_the_copy_comes(inproc):
     first, standby = cluster.holders(tid)[:2]
     held = cluster.net.hold("REPLICATE", src=first, dst=standby)
     worker = cluster.worker(first)
-    cluster.submit(first, tid)
+    cluster.answered([cluster.submit(first, tid)])  # its copy to the standby held: not_enough_replicas
     cluster.wait_until(lambda: worker.runs(tid), what="the first holder to run the task")
     worker.complete(tid, result=b"ok")
     table = cluster[standby].engine.table

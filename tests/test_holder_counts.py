@@ -40,7 +40,7 @@ def test_a_holder_whose_copy_comes_after_the_runners_finish_counts_the_task_once
     runner, late = holders[0], holders[2]
     rule = cluster.net.hold("REPLICATE", dst=late)
     workers = {h: cluster.worker(h, ["q"]) for h in holders}
-    sub = cluster.submit(runner, tid, queue="q")
+    sub = cluster.answered([cluster.submit(runner, tid, queue="q")])[0]
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
     workers[runner].complete(tid)
     cluster.wait_until(lambda: cluster[late].tombstone(tid) is not None, what="the late holder to hear the end")

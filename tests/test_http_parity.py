@@ -384,7 +384,7 @@ def test_a_waiting_http_result_whose_copy_is_dropped_as_started_elsewhere_is_not
     runner, other = holders[0], holders[1]
     workers = {h: cluster.worker(h) for h in holders}
     started = cluster.net.hold("EVENTS", src=runner, dst=other, event="S")
-    sub = cluster.submit(other, tid, at_most_once=True)
+    sub = cluster.submit_accepted(other, tid, at_most_once=True)
     cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
     waiters = cluster[other].node.core.waiters
     before = waiters.count

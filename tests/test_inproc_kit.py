@@ -51,7 +51,7 @@ def test_dropped_query_is_silence_and_silence_lets_a_standby_copy_run(inproc):
     first, second = cluster.holders(tid, 2)
     lost = cluster.net.drop("QUERY", src=second, dst=first)
     worker = cluster.worker(second)
-    cluster.submit(first, tid)
+    cluster.submit_accepted(first, tid)
     cluster.wait_until(lambda: lost.hits, what="the standby's QUERY")
     assert not worker.runs(tid)
     cluster.advance(QUERY_TIMEOUT)
@@ -95,7 +95,7 @@ def test_reordered_event_arrives_after_the_next_one_and_shows_as_a_gap(inproc):
     gaps = sub.gaps
     swapped = cluster.net.reorder("EVENTS", src=holders[0], dst=holders[1])
     worker = cluster.worker(holders[0])
-    cluster.submit(holders[0], tid)
+    cluster.submit_accepted(holders[0], tid)
     cluster.wait_until(lambda: worker.runs(tid) and swapped.hits, what="the S event held back")
     worker.complete(tid)
     cluster.wait_until(lambda: cluster[holders[1]].state(tid) == DONE and sub.gaps > gaps, what="both applied")

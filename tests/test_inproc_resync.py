@@ -22,7 +22,7 @@ def _running_on_its_first_holder(inproc):
     tid = cluster.task_id()
     holders = cluster.holders(tid)
     worker = cluster.worker(holders[0])
-    cluster.submit(holders[0], tid)
+    cluster.submit_accepted(holders[0], tid)
     _started_everywhere(cluster, tid, holders, holders[0])
     return cluster, tid, holders, worker
 
@@ -64,12 +64,12 @@ def test_gap_in_sequence_numbers_asks_for_a_resync_at_once(inproc):
         if cluster.holders(candidate)[:2] == [runner, victim]:
             other = candidate
     sub = cluster[victim].role.subscriber
-    cluster.submit(runner, other, countdown=30)
+    cluster.submit_accepted(runner, other, countdown=30)
     cluster.wait_until(lambda: cluster[victim].task(other) is not None, what="the second copy on the victim")
     gaps, resyncs = sub.gaps, sub.resyncs
     lost = cluster.net.drop("EVENTS", src=runner, dst=victim, event="S", task=tid, count=1)
     worker = cluster.worker(runner)
-    accepted = cluster.submit(runner, tid)
+    accepted = cluster.submit_accepted(runner, tid)
     cluster.wait_until(lambda: worker.runs(tid) and lost.hits and accepted.status, what="the task to start, its S lost")
     cluster.net.hold("SYNC", src=victim)   # see the state between the gap and the resync
     assert cluster[victim].due_at(tid) < cluster[runner].task(tid).lease_end
@@ -103,7 +103,7 @@ def test_a_resync_tells_a_copy_that_missed_the_started_event_whom_the_attempt_wa
     sub = cluster[victim].role.subscriber
     resyncs = sub.resyncs
     cluster.net.drop("EVENTS", src=runner, dst=victim, event="S", task=tid, count=1)
-    cluster.submit(runner, tid, timeout=2.0)
+    cluster.accepted([cluster.submit(runner, tid, timeout=2.0)])
     cluster.wait_until(lambda: worker.runs(tid), what="the runner to start the task")
     cluster.advance(1.0)     # the next heartbeat shows the gap
     cluster.wait_until(lambda: sub.resyncs > resyncs and sub.caught_up(runner), what="the resync")
@@ -235,7 +235,7 @@ def test_a_resync_answer_places_a_waiting_copy_at_the_first_holders_own_eta(inpr
     tid = cluster.task_id()
     first, coordinator, last = cluster.holders(tid)
     held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
-    cluster.submit(coordinator, tid, countdown=60)
+    cluster.answered([cluster.submit(coordinator, tid, countdown=60)])
     cluster.wait_until(lambda: cluster[last].task(tid) is not None, what="the copy on the last holder")
     cluster[first].role.subscriber.resync_all("the test: a gap in the coordinator's stream")
     cluster.wait_until(lambda: cluster[first].task(tid) is not None, what="the copy the resync brought")
@@ -267,7 +267,7 @@ def test_a_resync_answer_right_after_a_ring_change_brings_a_standby_copy_that_as
     cluster.publish()                      # a new epoch of the ring: every view changes now
     workers = {h: cluster.worker(h) for h in holders}
     held = cluster.net.hold("REPLICATE", src=coordinator, dst=first)
-    cluster.submit(coordinator, tid)
+    cluster.answered([cluster.submit(coordinator, tid)])
     cluster.wait_until(lambda: cluster[last].task(tid) is not None, what="the copy on the last holder")
 
     cluster[first].role.subscriber.resync_all("the test: a gap in the coordinator's stream")
@@ -353,7 +353,7 @@ def _dead_everywhere(inproc, **settings):
     worker = cluster.worker(holders[0])
     # A long lease: a retried attempt the test's worker holds must not run out
     # (the in-process default is 2 s of real time) on a loaded machine.
-    cluster.submit(holders[0], tid, max_retries=0, timeout=120.0)
+    cluster.accepted([cluster.submit(holders[0], tid, max_retries=0, timeout=120.0)])
     cluster.wait_until(lambda: worker.runs(tid), what="the task running")
     worker.fail(tid, retry=False)
     cluster.wait_until(lambda: all(cluster[h].state(tid) == DEAD for h in holders), what="dead on every holder")
@@ -446,7 +446,7 @@ def test_a_holder_that_missed_a_keyed_tasks_copy_keeps_its_key_from_the_finished
     runner, victim = holders[0], holders[1]
     cluster.net.drop("REPLICATE", src=runner, dst=victim, task=tid)
     worker = cluster.worker(runner)
-    cluster.submit(runner, tid, key="order-17")
+    cluster.answered([cluster.submit(runner, tid, key="order-17")])
     cluster.wait_until(lambda: worker.runs(tid), what="the task running")
     assert cluster[victim].task(tid) is None
     worker.complete(tid)

@@ -26,7 +26,7 @@ def test_lost_started_event_standby_asks_and_waits_for_the_runner(inproc):
     cluster.net.drop("HEARTBEAT", src=runner)
     workers = {h: cluster.worker(h) for h in holders}
 
-    sub = cluster.submit(standbys[0], tid)
+    sub = cluster.submit_accepted(standbys[0], tid)
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
     lease_end = cluster[runner].task(tid).lease_end
     for h in standbys:
@@ -62,7 +62,7 @@ def test_at_most_once_copy_told_by_query_that_the_task_started_never_runs(inproc
     cluster.net.drop("EVENTS", src=runner, event="S")
     cluster.net.drop("HEARTBEAT", src=runner)
     workers = {h: cluster.worker(h) for h in (runner, standby)}
-    cluster.submit(runner, tid, at_most_once=True)
+    cluster.submit_accepted(runner, tid, at_most_once=True)
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
     cluster.wait_until(lambda: cluster.net.messages("ANSWER", src=runner, dst=standby, answering="QUERY", task=tid),
                        what="the standby copy to ask the runner")
@@ -94,7 +94,7 @@ def test_a_copy_reranked_by_a_ring_change_asks_the_old_runner_too(inproc):
     cluster.net.drop("EVENTS", src=runner, event="S")
     cluster.net.drop("HEARTBEAT", src=runner)
     workers = {n: cluster.worker(n) for n in ring}
-    cluster.submit(runner, tid, timeout=60)
+    cluster.accepted([cluster.submit(runner, tid, timeout=60)])
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
 
     epoch = cluster.publish(ring, weights={runner: 0.05}, withhold=[runner])
@@ -116,7 +116,7 @@ def _runner_dies_while_its_worker_runs(inproc: Any, timeout: float) -> tuple[Any
     tid = cluster.task_id()
     runner, standby = cluster.holders(tid, 2)
     workers = {h: cluster.worker(h) for h in (runner, standby)}
-    cluster.submit(runner, tid, timeout=timeout)
+    cluster.accepted([cluster.submit(runner, tid, timeout=timeout)])
     cluster.wait_until(lambda: workers[runner].runs(tid), what="the runner to start the task")
     cluster.wait_until(lambda: (cluster[standby].task(tid) or Task("x", "q", None, b"")).lessees,
                        what="the standby copy to hear whom the attempt was leased to")
@@ -275,7 +275,7 @@ def test_a_started_event_heard_while_the_standby_asks_keeps_it_from_running(inpr
     runner, standby = cluster.holders(tid, 2)
     standby_worker = cluster.worker(standby)
     cluster.net.drop("ANSWER", src=runner, dst=standby, answering="QUERY")
-    cluster.submit(runner, tid, timeout=30)      # no worker on the runner yet: its copy waits, ready
+    cluster.accepted([cluster.submit(runner, tid, timeout=30)])  # no worker on the runner yet: its copy waits, ready
     cluster.wait_until(lambda: cluster.net.messages("QUERY", src=standby, dst=runner, task=tid),
                        what="the standby copy asking the runner")
     worker = cluster.worker(runner)
@@ -302,7 +302,7 @@ def test_a_ttl_that_passes_while_the_task_runs_expires_no_copy(inproc):
     holders = cluster.holders(tid)
     runner = holders[0]
     workers = {h: cluster.worker(h) for h in holders}
-    sub = cluster.submit(runner, tid, ttl=3, timeout=60)
+    sub = cluster.accepted([cluster.submit(runner, tid, ttl=3, timeout=60)])[0]
     cluster.wait_until(lambda: workers[runner].runs(tid) and sub.result, what="the runner to start the task")
     cluster.advance(5)
     cluster.settle(0.2)
@@ -321,7 +321,7 @@ def test_a_copy_that_takes_over_a_task_past_its_ttl_expires_it(inproc):
     tid = cluster.task_id()
     runner, standby = cluster.holders(tid, 2)
     worker = cluster.worker(standby)
-    sub = cluster.submit(runner, tid, ttl=1)
+    sub = cluster.submit_accepted(runner, tid, ttl=1)
     cluster.wait_until(lambda: sub.result, what="the submit to be acknowledged")
     cluster.stop_node(runner)
     cluster.advance(cluster.settings["replica_offset"] + 3)
@@ -354,7 +354,7 @@ def at_most_once_started_elsewhere(cluster: Any) -> tuple[str, str, str, dict[st
     holders = cluster.holders(tid)
     runner, other = holders[0], holders[1]
     workers = {h: cluster.worker(h) for h in holders}
-    sub = cluster.submit(other, tid, at_most_once=True)
+    sub = cluster.submit_accepted(other, tid, at_most_once=True)
     cluster.wait_until(lambda: sub.result and workers[runner].runs(tid), what="the runner to start the task")
     cluster.wait_until(lambda: cluster[other].state(tid) == STARTED_ELSEWHERE, what="the copy dropped")
     return tid, runner, other, workers
@@ -406,7 +406,7 @@ def test_two_standby_copies_asking_at_once_run_once_when_one_direction_is_silent
     cluster.net.drop("HEARTBEAT", src=small)
     workers = {h: cluster.worker(h) for h in (small, large)}
 
-    cluster.submit(large, tid, resent=True, timeout=30)     # a lease the clock jumps below do not end
+    cluster.accepted([cluster.submit(large, tid, resent=True, timeout=30)])  # a lease the clock jumps below do not end
     cluster.wait_until(lambda: cluster.net.messages("QUERY", src=large, dst=small, task=tid),
                        what="the larger id's copy asking the smaller")
     assert tid in cluster[large].role.standby.asking
@@ -448,7 +448,7 @@ def test_a_standby_copy_made_to_ask_early_by_a_smaller_id_does_not_run_when_that
     cluster.net.drop("HEARTBEAT", src=small)
     workers = {h: cluster.worker(h) for h in (small, large)}
 
-    cluster.submit(small, tid, resent=True, timeout=30)
+    cluster.accepted([cluster.submit(small, tid, resent=True, timeout=30)])
     cluster.wait_until(lambda: workers[small].runs(tid), what="the smaller id's copy to run the task")
     cluster.wait_until(lambda: cluster.net.messages("QUERY", src=large, dst=small, task=tid),
                        what="the larger id's copy asking early")

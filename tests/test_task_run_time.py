@@ -210,7 +210,7 @@ def test_the_runner_says_since_when_and_a_standby_copy_says_it_waits(inproc):
     tid = cluster.task_id()
     runner, standby = cluster.holders(tid, 2)
     worker = cluster.worker(runner)
-    cluster.submit(standby, tid)
+    cluster.submit_accepted(standby, tid)
     cluster.wait_until(lambda: worker.runs(tid), what="the runner to start the task")
     cluster.wait_until(lambda: cluster[standby].task(tid) is not None and cluster[standby].task(tid).standby,
                        what="the standby copy to hear the start")

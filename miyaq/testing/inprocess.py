@@ -247,6 +247,11 @@ class InProcessCluster:
         lines += [repr(m) for m in list(self.net.log)[-messages:]]
         return "\n".join(lines)
 
+    def submissions(self) -> list[Submission]:
+        """The submits made through :meth:`submit` (those sent again too), the
+        latest 10,000, oldest first: for a test to see which were refused."""
+        return list(self._submissions)
+
     # -- driving -------------------------------------------------------------------------------
     def task_id(self) -> str:
         return f"t{next(self._ids)}"
@@ -289,6 +294,19 @@ class InProcessCluster:
         submissions in order, each accepted (or ``duplicate``): the ones sent
         again replace the refused. AssertionError on any other answer,
         Timeout after ``timeout`` real seconds in all."""
+        final = self.answered(subs, timeout)
+        wrong = [s.result for s in final if s.status not in ("accepted", "duplicate")]
+        if wrong:
+            raise AssertionError(f"{len(wrong)} submit(s) answered otherwise: {wrong[:5]}")
+        return final
+
+    def answered(self, subs: list[Submission], timeout: float = 30.0) -> list[Submission]:
+        """As :meth:`accepted` (a refusal ``unavailable`` is sent again once
+        its node coordinates), but any other answer stands: for a test that
+        holds a copy back on purpose, so that its submit is answered
+        ``rejected``/``not_enough_replicas`` with the task stored on the
+        holders it reached. Returns the submissions in order, none of them
+        refused ``unavailable``; Timeout after ``timeout`` real seconds in all."""
         deadline = monotonic() + timeout
         final = list(subs)
         while True:
@@ -304,9 +322,6 @@ class InProcessCluster:
                                 timeout=max(deadline - monotonic(), 0.0),
                                 what=f"{sub.via} to coordinate submits again")
                 final[i] = self.submit(sub.via, sub.task_id, **sub.fields)
-        wrong = [s.result for s in final if s.status not in ("accepted", "duplicate")]
-        if wrong:
-            raise AssertionError(f"{len(wrong)} submit(s) answered otherwise: {wrong[:5]}")
         return final
 
     def worker(self, node_id: str, queues: list[str] | None = None, capacity: int = 100) -> InProcessWorker:
