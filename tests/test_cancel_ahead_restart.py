@@ -88,8 +88,7 @@ def test_a_cancel_kept_ahead_of_its_copy_survives_the_first_holders_restart(inpr
     assert command == c.REPLY and result == {"state": CANCELLED}, result
     if key is not None:
         assert back.tombstone(tid).key == key
-        again = cluster.submit(first, cluster.task_id(), key=key)
-        cluster.wait_until(lambda: again.status, what="the second submit's answer")
+        again = cluster.answered([cluster.submit(first, cluster.task_id(), key=key)])[0]
         cluster.settle(0.3)
         assert again.status == "duplicate" and again.result[2] == tid, again.result
         assert worker.times(again.task_id) == 0

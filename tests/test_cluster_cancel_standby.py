@@ -207,8 +207,7 @@ def test_a_first_holder_without_its_copy_yet_keeps_the_cancel(inproc, replicate_
     worker = cluster.worker(first)
     held = cluster.net.hold("REPLICATE", src=standby, dst=first)
     answer_held = cluster.net.hold("ANSWER", src=first, dst=standby, answering="CANCEL") if replicate_first else None
-    sub = cluster.submit(standby, tid)
-    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    cluster.answered([cluster.submit(standby, tid)])[0]
     conn = _Connection(cluster, standby)
     try:
         conn.send(c.CANCEL, {"id": tid})
@@ -256,8 +255,7 @@ def test_a_cancel_ahead_of_a_keyed_copy_keeps_the_key_at_its_first_holder(inproc
     tid = cluster.task_id()
     worker = cluster.worker(first)
     held = cluster.net.hold("REPLICATE", src=standby, dst=first)
-    sub = cluster.submit(standby, tid, key=key, countdown=30)
-    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    cluster.answered([cluster.submit(standby, tid, key=key, countdown=30)])[0]
     if asker == "key-in-cancel":
         assert _cancel(cluster, standby, tid) == {"cancelled": True, "state": "scheduled"}
     else:
@@ -265,8 +263,7 @@ def test_a_cancel_ahead_of_a_keyed_copy_keeps_the_key_at_its_first_holder(inproc
     held.release()
     cluster.wait_until(lambda: all(cluster[h].state(tid) == CANCELLED for h in holders), what="cancelled everywhere")
 
-    again = cluster.submit(first, cluster.task_id(), key=key)
-    cluster.wait_until(lambda: again.status, what="the second submit's answer")
+    again = cluster.answered([cluster.submit(first, cluster.task_id(), key=key)])[0]
     cluster.settle(0.3)
 
     assert again.status == "duplicate" and again.result[2] == tid, again.result

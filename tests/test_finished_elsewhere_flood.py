@@ -91,8 +91,7 @@ def test_a_flood_of_ends_of_unknown_ids_leaves_finished_tasks_their_tombstones(i
     tid, key = tasks[0]
     command, result = _ask(cluster, "n1", c.RESULT, {"id": tid, "timeout": 0})
     assert command == c.REPLY and result["state"] == DONE, result
-    again = cluster.submit("n1", cluster.task_id(), key=key)
-    cluster.wait_until(lambda: again.status, what="the second submit's answer")
+    again = cluster.answered([cluster.submit("n1", cluster.task_id(), key=key)])[0]
     assert again.status == "duplicate" and again.result[2] == tid, again.result
     assert not cluster.crashes()
 

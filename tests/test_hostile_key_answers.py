@@ -56,8 +56,7 @@ def test_a_later_holder_claiming_a_newer_ring_ends_the_task_it_calls_a_duplicate
     h0, h1, h2 = cluster.holders(TASK, key="k1", replicas=3)
     _rewrite_answers(cluster[h2], _claim_newer_ring)
     workers = {n: cluster.worker(n) for n in (h0, h1, h2)}
-    submit = cluster.submit(h0, TASK, key="k1")
-    cluster.wait_until(lambda: submit.result, what="the submit answered")
+    submit = cluster.answered([cluster.submit(h0, TASK, key="k1")])[0]
     assert submit.result == [TASK, DUPLICATE, "made-up-winner"]
     cluster.wait_until(lambda: all(cluster[n].state(TASK) == "cancelled" for n in (h0, h1, h2)),
                        what="every holder's copy ended")
@@ -76,7 +75,6 @@ def test_a_keyless_submit_is_nobodys_duplicate(inproc):
     cluster = inproc(3, replicas=3)
     h0, h1, h2 = cluster.holders(TASK, replicas=3)
     _rewrite_answers(cluster[h2], _claim_newer_ring)
-    submit = cluster.submit(h0, TASK)
-    cluster.wait_until(lambda: submit.result, what="the submit answered")
+    submit = cluster.answered([cluster.submit(h0, TASK)])[0]
     assert submit.result[1] != DUPLICATE
     assert cluster[h0].tombstone(TASK) is None

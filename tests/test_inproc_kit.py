@@ -64,8 +64,8 @@ def test_duplicated_replicate_stores_one_copy_and_answers_once(inproc):
     one copy per holder, one answer to the submit."""
     cluster = inproc(3)
     twice = cluster.net.duplicate("REPLICATE")
-    sub = cluster.submit("n1")
-    cluster.wait_until(lambda: sub.status and _stored_everywhere(cluster, sub.task_id), what="the submit")
+    sub = cluster.answered([cluster.submit("n1")])[0]
+    cluster.wait_until(lambda: _stored_everywhere(cluster, sub.task_id), what="the submit")
     cluster.settle(0.1)
     assert twice.hits == 2 and len(sub.answers) == 1 and sub.status == ACCEPTED
     assert len(cluster.net.messages("ANSWER", dst="n1", answering=None)) >= 2   # the second answers find no request

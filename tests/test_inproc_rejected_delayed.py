@@ -28,8 +28,7 @@ def test_a_rejected_submit_of_a_delayed_task_does_not_run_before_its_eta(inproc)
     cluster.publish([n for n in cluster.ids if n != moved_on], to=[moved_on])
     cluster.wait_until(lambda: moved_on not in cluster[moved_on].role.view.members, what="the new ring on one node")
 
-    sub = cluster.submit(coordinator, tid, countdown=COUNTDOWN)
-    cluster.wait_until(lambda: sub.status, what="the submit's answer")
+    sub = cluster.answered([cluster.submit(coordinator, tid, countdown=COUNTDOWN)])[0]
     assert sub.status == REJECTED and sub.error_code == "not_enough_replicas", sub.result
     copy = cluster[coordinator].task(tid)
     assert copy is not None and copy.standby

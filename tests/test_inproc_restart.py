@@ -260,8 +260,8 @@ def test_a_task_cancelled_while_its_first_holder_restarted_does_not_run_after_it
     cluster = inproc(3, data_dir=str(tmp_path), min_acks=1, fsync="never")
     tid = cluster.task_led_by("n3")
     holders = cluster.holders(tid)
-    sub = cluster.submit("n3", tid, countdown=60)
-    cluster.wait_until(lambda: sub.result and all(cluster[n].task(tid) for n in holders), what="every copy stored")
+    cluster.submit_accepted("n3", tid, countdown=60)
+    cluster.wait_until(lambda: all(cluster[n].task(tid) for n in holders), what="every copy stored")
     cluster.stop_node("n3", grace=0.2)
     assert cluster["n1"].engine.cancel(tid, wall())[0]
     cluster["n1"].wake()

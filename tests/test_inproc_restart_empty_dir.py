@@ -143,8 +143,7 @@ def test_a_node_without_a_data_dir_restarted_in_the_ring_gets_its_copies_back_be
     back every task it is a holder of (none is left a copy short), and only
     then does it dispatch its first-holder copies -- once each."""
     cluster = inproc(3, replicas=2)
-    subs = [cluster.submit(f"n{1 + i % 3}", f"d{i}", countdown=0.5, replicas=2) for i in range(30)]
-    cluster.wait_until(lambda: all(s.result for s in subs), what="every submit answered")
+    subs = cluster.answered([cluster.submit(f"n{1 + i % 3}", f"d{i}", countdown=0.5, replicas=2) for i in range(30)])
     assert all(s.status == ACCEPTED for s in subs)
     mine = [s.task_id for s in subs if "n1" in cluster.holders(s.task_id, 2)]
     led = [t for t in mine if cluster.holders(t, 2)[0] == "n1"]

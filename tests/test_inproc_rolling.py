@@ -133,8 +133,7 @@ def test_a_stopping_node_takes_no_peer_writes_once_its_log_closed(inproc, tmp_pa
         cluster.wait_until(lambda: [m for m in cluster.net.messages("EVENTS", src="n1", dst="n3", event="F", task=ran)
                                     if m.fate == "delivered"], what="the F event delivered to n3")
         answered = len(cluster.net.messages("ANSWER", src="n3", dst="n1", answering="REPLICATE"))
-        late = cluster.submit("n1", cluster.task_id())     # n3 is still a holder in n1's ring
-        cluster.wait_until(lambda: late.status, what="the late submit's answer")
+        late = cluster.answered([cluster.submit("n1", cluster.task_id())])[0]     # n3 is still a holder in n1's ring
         assert late.status == "rejected" and late.error_code == "not_enough_replicas"
         answers = cluster.net.messages("ANSWER", src="n3", dst="n1", answering="REPLICATE")[answered:]
         assert [a.body.get("ids") for a in answers] == [[]], "n3 did not answer the REPLICATE: stored nothing"

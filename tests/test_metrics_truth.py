@@ -115,14 +115,12 @@ def test_a_clustered_node_counts_the_submits_its_engine_refuses(inproc):
     A refusal given to an in-process submitter (the HTTP gateway, which
     counts its own answers by status) is not counted in ``errors``."""
     cluster = inproc(3, max_tasks=1)
-    first = cluster.submit("n1", cluster.task_id(), countdown=600)
-    cluster.wait_until(lambda: first.status == c.ACCEPTED, what="the first task stored on its holders")
+    cluster.submit_accepted("n1", cluster.task_id(), countdown=600)
     endpoint = cluster["n1"].node.core.endpoint
     endpoint.handlers[c.SUBMIT](b"\x00a-zeromq-client", {"tasks": [{"id": "z1", "name": "job"}]}, wall())
     endpoint.flush_acks()
     assert endpoint.errors["busy"] == 1
-    over_http = cluster.submit("n1", cluster.task_id())
-    cluster.wait_until(lambda: over_http.status is not None, what="the gateway's submit answered")
+    over_http = cluster.answered([cluster.submit("n1", cluster.task_id())])[0]
     assert over_http.error_code == "busy"
     assert dict(endpoint.errors) == {"busy": 1}
 
@@ -138,7 +136,7 @@ def test_every_holder_counts_an_at_most_once_tasks_done_and_no_placeholder(inpro
     amo, ordinary = cluster.task_id(), cluster.task_id()
     holders = cluster.holders(amo)
     workers = {h: cluster.worker(h) for h in cluster.nodes}
-    cluster.submit(holders[1], amo, at_most_once=True)
+    cluster.submit_accepted(holders[1], amo, at_most_once=True)
     runner = cluster.wait_until(lambda: next((h for h, w in workers.items() if w.runs(amo)), None),
                                 what="a holder to start the at-most-once task")
     others = [h for h in holders if h != runner]
@@ -148,7 +146,7 @@ def test_every_holder_counts_an_at_most_once_tasks_done_and_no_placeholder(inpro
     workers[runner].complete(amo)
     cluster.wait_until(lambda: all(cluster[h].state(amo) == DONE for h in holders), what="done on every holder")
 
-    cluster.submit(holders[0], ordinary)
+    cluster.submit_accepted(holders[0], ordinary)
     ran = cluster.wait_until(lambda: next((h for h, w in workers.items() if w.runs(ordinary)), None),
                              what="the ordinary task to start")
     workers[ran].complete(ordinary)
