@@ -24,10 +24,12 @@ from peer_fixtures import FakePeer, PeerDealer, ServiceDealer, clustered_node
 
 from miyaq.cluster.peer_requests import REPLICATE, SYNC
 from miyaq.cluster.stream_numbering import topic
+from miyaq.constants import STALL
 from miyaq.config import NodeConfig
 from miyaq.protocol.commands import TAG
 from miyaq.protocol.recordspec import task_from_record
 from miyaq.protocol.taskspec import task_from_wire
+from miyaq.runtime import clock
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.store.log import AppendLog
 from miyaq.store.records import task_record, transfer_record
@@ -111,7 +113,8 @@ def assert_queue_still_works(service: ServiceDealer) -> None:
     status = service.status()
     assert isinstance(status["queues"], dict)
     task_id = f"after-{time.monotonic_ns()}"
-    assert service.submit({"id": task_id, "name": "send", "queue": "emails", "countdown": 60})[1] == "accepted"
+    result = service.submit_stored({"id": task_id, "name": "send", "queue": "emails", "countdown": 60})
+    assert result[1] == "accepted", result
     assert service.task(task_id)["state"] == "scheduled"
 
 
@@ -403,3 +406,21 @@ def test_a_peer_link_that_cannot_be_made_for_want_of_descriptors_is_made_a_secon
         assert "peer link: no socket to member p1 now: Too many open files" in caplog.text
     finally:
         node.stop()
+
+
+def test_the_queue_still_works_after_the_test_process_stalled(cluster_node, service):
+    """Fault: the whole test process (the node is a thread of it) stalls
+    past ``STALL`` on a loaded machine just before
+    ``assert_queue_still_works`` submits; the node takes it for a freeze
+    and refuses submits ``unavailable`` for ``SUSPECT_AFTER_FREEZE``.
+    Before 2026-12-07 the helper asserted the first answer was
+    ``accepted``; now it sends a refused submit again, as a client does."""
+    wait_for(lambda: service.status() is not None)
+    try:
+        clock.advance(STALL + 0.5)
+        task_id = f"stalled-{time.monotonic_ns()}"
+        first = service.submit({"id": task_id, "name": "send", "queue": "emails", "countdown": 60})
+        assert first[1] == "rejected" and first[2]["code"] == "unavailable", first   # the stall did refuse
+        assert_queue_still_works(service)
+    finally:
+        clock.reset()
