@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -119,14 +119,7 @@ def test_a_worker_names_what_fails_once_the_peer_named_not_a_node_is_gone(http_l
     failures read over ``PEER_GONE`` with none of its bytes between, the
     peer is no longer named:
     the handshake failure is said, and the diagnosis says it."""
-    monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
-    monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
-    endpoint = f"tcp://127.0.0.1:{http_like.port}"
-    records = caplog.records
-
-    def said() -> list[str]:
-        return [r.getMessage() for r in list(records) if r.name.startswith("miyaq.worker")
-                and r.levelno >= logging.WARNING]
+    endpoint, said = _watching(http_like, caplog, monkeypatch)
 
     with caplog.at_level(logging.INFO):
         thread_worker(app, endpoint)
@@ -182,14 +175,7 @@ def test_closes_read_in_one_burst_after_a_stall_are_still_the_named_peers(monkey
 
 
 def _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch) -> None:
-    monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
-    monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
-    endpoint = f"tcp://127.0.0.1:{http_like.port}"
-    records = caplog.records
-
-    def said() -> list[str]:
-        return [r.getMessage() for r in list(records) if r.name.startswith("miyaq.worker")
-                and r.levelno >= logging.WARNING]
+    endpoint, said = _watching(http_like, caplog, monkeypatch)
 
     with caplog.at_level(logging.INFO):
         thread_worker(app, endpoint)
@@ -213,3 +199,18 @@ def _keeps_naming_it(http_like, thread_worker, caplog, monkeypatch) -> None:
     assert not [line for line in lines[first_named:] if "malformed" in line or "--keys" in line], lines
     assert not [line for line in lines if "malformed" in line], lines
     assert len(lines) <= 4 + len(named), lines       # the two first diagnoses, before it answered, at most
+
+
+def _watching(http_like, caplog, monkeypatch) -> tuple[str, Callable[[], list[str]]]:
+    """The HTTP-like peer's endpoint, with the worker's first-contact
+    diagnosis repeated within a second, and what the worker has said at
+    WARNING or above so far."""
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT", 0.5)
+    monkeypatch.setattr(link_watch, "FIRST_CONTACT_REPEAT_MAX", 1.0)
+    records = caplog.records
+
+    def said() -> list[str]:
+        return [r.getMessage() for r in list(records) if r.name.startswith("miyaq.worker")
+                and r.levelno >= logging.WARNING]
+
+    return f"tcp://127.0.0.1:{http_like.port}", said
