@@ -1,4 +1,4 @@
-"""The check of a JSON body (:func:`miyaq.gateway.request.json_problem`)
+"""The check of a JSON body (:func:`miyaq.gateway.json_body.json_problem`)
 costs no entry per value: it runs on the node's one thread, and a body of
 ``http_max_body`` may hold 1.4 million values.
 
@@ -17,7 +17,7 @@ import pytest
 
 from gateway_harness import FIXTURES
 from miyaq.constants import MAX_JSON_DEPTH
-from miyaq.gateway.request import MAX_INT, MIN_INT, json_problem
+from miyaq.gateway.json_body import MAX_INT, MIN_INT, json_problem
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
@@ -122,7 +122,7 @@ def test_parsing_a_body_of_200000_arrays_starts_no_collection():
     million ``[0]``: 1.7 s, 0.47 s without). The collector is paused for
     the parse, and as it was after it, a failed parse too."""
     import gc
-    from miyaq.gateway.request import parse_json
+    from miyaq.gateway.json_body import parse_json
     from miyaq.errors import InvalidField
     text = "[" + ",".join(["[0]"] * 200_000) + "]"
     runs: list[str] = []
