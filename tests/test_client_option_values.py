@@ -81,3 +81,37 @@ def test_an_empty_queue_is_still_the_default_queue(node, client_for):
     client = client_for(node.endpoint)
     handle = client.submit("echo", [1], queue="", wait=True)
     assert client.status(handle.id)["queue"] == "default"
+
+
+@pytest.mark.parametrize("queue", [0, False, 0.0, [], {}], ids=["zero", "false", "zero-float", "list", "map"])
+def test_the_node_refuses_a_falsy_queue_that_is_not_a_string_as_the_client_does(queue):
+    """Fault: a producer that is not this client (another language, a raw
+    SUBMIT) sends ``"queue": 0`` or ``false``. The node read any falsy value
+    as ``default`` and stored the task there, while this client refuses the
+    same option: the two checks disagreed. Now the node refuses it too,
+    naming the field; a periodic schedule's queue alike."""
+    from miyaq.config import NodeConfig
+    from miyaq.protocol.periodic import schedule_from_wire
+    from miyaq.protocol.taskspec import task_from_wire
+
+    config = NodeConfig()
+    with pytest.raises(miyaq.InvalidField, match="field 'queue'") as refused:
+        task_from_wire({"id": "t1", "name": "echo", "queue": queue}, 0.0, config)
+    assert refused.value.details["field"] == "queue"
+    with pytest.raises(miyaq.InvalidField, match="field 'queue'"):
+        schedule_from_wire({"name": "s", "task": "echo", "every": 60, "queue": queue})
+    with pytest.raises(miyaq.InvalidField, match="option 'queue'"):
+        miyaq.client.option_values.check_option_values({"queue": queue})
+
+
+@pytest.mark.parametrize("queue", [None, ""], ids=["nil", "empty"])
+def test_a_nil_or_empty_queue_is_still_the_default_queue_in_the_node(queue):
+    """Guard: an absent, nil or empty ``queue`` was always ``default`` (the
+    HTTP form's empty ``task.queue`` among them); refusing ``0`` keeps it."""
+    from miyaq.config import NodeConfig
+    from miyaq.protocol.periodic import schedule_from_wire
+    from miyaq.protocol.taskspec import task_from_wire
+
+    assert task_from_wire({"id": "t1", "name": "echo", "queue": queue}, 0.0, NodeConfig()).queue == "default"
+    assert task_from_wire({"id": "t2", "name": "echo"}, 0.0, NodeConfig()).queue == "default"
+    assert schedule_from_wire({"name": "s", "task": "echo", "every": 60, "queue": queue}).queue == "default"

@@ -39,7 +39,7 @@ from croniter import croniter
 
 from miyaq.errors import InvalidField
 from miyaq.protocol import fields as f
-from miyaq.protocol.taskspec import MAX_TTL, MIN_TTL, YEAR, check_queue
+from miyaq.protocol.taskspec import MAX_TTL, MIN_TTL, YEAR, queue_or_default
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-]{0,39}\Z")
 MIN_EVERY = 0.1                 # seconds; sub-second schedules exist for tests
@@ -167,7 +167,7 @@ def schedule_from_wire(d: Any, names: Iterable[str] | None = None) -> Schedule:
         return Schedule(
             name=name, task=task, every_ms=every_ms,
             cron=check_cron(cron) if cron is not None else None,
-            queue=check_queue(d.get("queue", "default") or "default"),
+            queue=queue_or_default(d.get("queue")),
             priority=f.integer(d, "priority", 0),
             body=f.binary(d, "body", b"", max_len=MAX_BODY),
             timeout=f.number(d, "timeout", None, lo=0.01, hi=YEAR),

@@ -69,8 +69,13 @@ _QUEUES = f.KnownNames(_QUEUE)
 is_queue = _QUEUES.valid
 
 
-def _queue(value: Any) -> str:
-    return value if is_queue(value) else check_queue(value)
+def queue_or_default(value: Any) -> str:
+    """The task's queue: ``default`` when the field is absent, nil or empty
+    (as it always was); any other value must be a queue name (``0`` or
+    ``False`` is refused, not read as ``default``)."""
+    if is_queue(value):
+        return value
+    return "default" if value is None or value == "" else check_queue(value)
 
 
 def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
@@ -80,7 +85,7 @@ def task_from_wire(d: Any, now: float, config: NodeConfig) -> Task:
         raise InvalidField("each task must be a map", field="tasks")
     raw_id = d.get("id")
     task_id = raw_id if type(raw_id) is str and _ID.match(raw_id) else check_id(raw_id)
-    queue = _queue(d.get("queue") or "default")
+    queue = queue_or_default(d.get("queue"))
     body = d.get("body", b"")
     if type(body) is not bytes or len(body) > config.max_payload:
         body = f.binary(d, "body", b"", max_len=config.max_payload)
