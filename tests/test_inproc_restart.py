@@ -5,13 +5,15 @@ timeout rather than on their answers; then a copy still asks (QUERY)
 before it runs, and only silence lets it run."""
 from __future__ import annotations
 
+import logging
+
 import gevent
 
 from miyaq.cluster import standby as standby_module
-from miyaq.constants import FROZEN_RESYNC_TIMEOUT, RESYNC_TIMEOUT
+from miyaq.constants import FROZEN_RESYNC_TIMEOUT, RESYNC_TIMEOUT, STALL
 from miyaq.core.gate import RECONCILING
 from miyaq.runtime import fairness
-from miyaq.runtime import wall
+from miyaq.runtime import clock, monotonic, wall
 from miyaq.store.task import DONE
 
 
@@ -278,3 +280,28 @@ def test_a_task_cancelled_while_its_first_holder_restarted_does_not_run_after_it
     cluster.advance(62)
     cluster.wait_until(lambda: cluster["n3"].state(tid) == "cancelled", what="n3's copy to learn the cancel")
     assert workers["n3"].times(tid) == 0
+
+
+def test_a_submit_read_after_a_freeze_is_refused_whichever_loop_wakes_first(inproc, caplog):
+    """Fault: the process is frozen (SIGSTOP, a VM pause) past ``STALL``. On
+    resuming, the cluster ticker's round may run before the housekeeping's
+    pass that notices the freeze. Before 2026-12-07 that round stamped
+    itself fresh, and a SUBMIT read between the two (one that waited in the
+    socket while the client resent it elsewhere) was coordinated with the
+    ring as it was before the freeze. Now the round notices the freeze
+    itself; the housekeeping's pass then notices the same freeze and
+    starts no second resync."""
+    cluster = inproc(3, replicas=2)
+    cluster.settle(0.3)
+    role = cluster["n1"].role
+    assert role.not_coordinating() == ""
+    clock.advance(STALL + 0.5)            # the freeze, as both loops see it when they wake
+    role.ticker.round(monotonic())        # the ticker's greenlet happens to run first
+    assert "catching up" in role.not_coordinating()
+    resyncs = cluster.net.messages("SYNC", src="n1")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="miyaq.cluster.role"):
+        role.stalled(STALL + 0.6)         # the housekeeping's pass, the same freeze
+    assert "was frozen" not in caplog.text
+    assert cluster.net.messages("SYNC", src="n1") == resyncs
+    assert "catching up" in role.not_coordinating()

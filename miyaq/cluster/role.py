@@ -97,6 +97,7 @@ class ClusterRole:
         self.reconcile = Reconcile(self)
         self.ring_follower = RingFollower(self)
         self._suspect_until = 0.0
+        self._freeze_noticed = 0.0     # when a freeze was last noticed (monotonic)
         self.ticker = ClusterTicker(self)     # its last round long ago means the process was frozen
 
     # -- lifecycle ------------------------------------------------------------------
@@ -198,10 +199,17 @@ class ClusterRole:
     def stalled(self, seconds: float) -> None:
         """The process was frozen for ``seconds`` (SIGSTOP, swap, VM pause):
         other holders may have taken over its tasks meanwhile. Hold
-        dispatching until every peer's state was fetched again (or 10 s)."""
+        dispatching until every peer's state was fetched again (or 10 s).
+        Both the housekeeping's pass and the cluster ticker's round notice a
+        freeze; the second to say so of the same freeze (one that began
+        before the first was noticed) changes nothing."""
+        mono = monotonic()
+        if mono - seconds < self._freeze_noticed:
+            return          # the same freeze, noticed by the other loop
+        self._freeze_noticed = mono
         logger.warning("node %s was frozen for %.1fs; resyncing before it dispatches again",
                        self.node_id, seconds)
-        self._suspect_until = monotonic() + SUSPECT_AFTER_FREEZE
+        self._suspect_until = mono + SUSPECT_AFTER_FREEZE
         self.reconcile.hold_until_resynced("this node was frozen")
 
     @property

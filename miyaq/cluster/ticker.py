@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from miyaq.constants import CLUSTER_TICK, HANDOFF_SWEEP, RELINK_INTERVAL, STREAM_HEARTBEAT
+from miyaq.constants import CLUSTER_TICK, HANDOFF_SWEEP, RELINK_INTERVAL, STALL, STREAM_HEARTBEAT
 from miyaq.runtime import green, monotonic
 
 if TYPE_CHECKING:
@@ -152,6 +152,12 @@ class ClusterTicker:
     def round(self, mono: float) -> None:
         """One round of the ticker at ``mono`` (module doc)."""
         role = self.role
+        if self.ticked and mono - self.ticked > STALL:
+            # Frozen (or the hub blocked) past STALL. Said here as well as by
+            # the housekeeping's pass: whichever of the two greenlets runs
+            # first after the freeze, a SUBMIT read between them must find
+            # the node catching up, not this round's fresh stamp.
+            role.stalled(mono - self.ticked)
         self.ticked = mono
         self.rounds += 1
         zk_ok = role.coordinator.silent_for() == 0.0
