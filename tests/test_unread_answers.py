@@ -628,3 +628,99 @@ def _result_answer(sock: zmq.Socket) -> str:
         return body["code"]
     assert command == c.REPLY and len(body["result"]) == 60_000, (command, body.keys())
     return "result"
+
+
+# -- a fair share of the total: a few connections that never read cannot take it all ------------
+
+
+def _hog(unread: UnreadAnswers, sockets: Sockets, name: bytes, fd: int, answer: int, requests: int) -> None:
+    """A connection that sends ``requests`` requests, each with an answer of
+    ``answer`` bytes, and never reads: its socket stays full. A request
+    refused, or whose answer was, is answered by an ERROR as the node does."""
+    sockets.unsent[fd] = 4096
+    for _ in range(requests):
+        if not unread.asked(name, fd) or not unread.may_send(name, answer):
+            unread.refusal(name)
+            unread.may_send_error(name, 100)
+
+
+@pytest.mark.parametrize("answer", [MiB, 60_000], ids=["large answers", "answers under 64 KiB"])
+def test_eight_connections_that_never_read_cannot_starve_a_reading_client_of_large_answers(answer: int) -> None:
+    """Fault: eight connections each ask again and again (for answers of
+    1 MiB, or of 60 KB: a RESULT under 64 KiB) and never read. Each may owe
+    its own 32 MiB, and eight of them are the whole 256 MiB all connections
+    together may owe: before, the ninth client -- one that reads every
+    answer -- was refused ``busy`` each answer of 64 KiB or more, for as
+    long as those eight stayed connected (ZeroMQ has no limit of
+    connections per address). Now, once all connections together owe more
+    than half the total, a connection owing its fair share (1/256 of the
+    total) is refused: the hogs that came once half was taken hold a
+    little each, and the reading client is served."""
+    sockets, clock = Sockets(), Clock()
+    unread = UnreadAnswers(unsent=sockets, acked=no_tcp, clock=clock)      # 32 MiB each, 256 MiB together
+    requests = 2 * unread.budget // answer       # twice what its own budget lets through
+    for i in range(8):
+        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, answer, requests)
+        clock.now += 1.0
+    assert all(unread.unread(f"hog-{i}".encode()) >= unread.budget for i in range(4))   # the first half: theirs
+    sockets.unsent[99] = 0
+    for _ in range(20):
+        assert unread.asked(b"reader", 99)
+        assert unread.may_send(b"reader", MiB), unread.refusal(b"reader").message
+        clock.now += 1.0
+    assert unread.total < unread.total_budget * 3 // 4
+
+
+def test_under_pressure_each_connection_may_owe_its_fair_share_and_the_total_stays_bounded() -> None:
+    """Fault: many connections that never read (200, 16 MiB together here)
+    each take what they are let: they can always fill the total (that is
+    what it bounds), but past half of it each holds at most its fair share
+    (1/256 of the total) and the answer that reached it, and large answers
+    never take the total past its budget. The old growth case too: 1,000
+    connections each long-polling one 1 MiB RESULT, never read, stop at the
+    total."""
+    sockets, clock = Sockets(), Clock()
+    total_budget = 16 * MiB
+    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=total_budget, clock=clock)
+    fair = total_budget // 256
+    for i in range(200):
+        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, 100_000, 50)
+        assert unread.total <= total_budget + (i + 1) * 50 * 100      # and the hogs' refusals (ERRORs)
+        clock.now += 1.0
+    held = [unread.unread(f"hog-{i}".encode()) for i in range(200)]
+    first = next(i for i in range(200) if sum(held[:i + 1]) > total_budget // 2)
+    assert all(h < fair + 100_000 + 50 * 100 for h in held[first + 1:]), held
+
+    polls = UnreadAnswers(unsent=sockets, acked=no_tcp, clock=clock)      # the defaults: 256 MiB together
+    answered = 0
+    for i in range(1_000):
+        name = f"poller-{i}".encode()
+        polls.asked(name, 1000 + i)
+        sockets.unsent[1000 + i] = 4096
+        answered += polls.may_send(name, MiB)
+    assert polls.total <= polls.total_budget and answered == 256
+
+
+def test_a_connection_refused_its_fair_share_is_served_again_once_the_pressure_is_gone() -> None:
+    """A connection that owes more than its fair share while all
+    connections together owe more than half the total has its requests
+    refused ``busy`` (the message saying why); once the connections that
+    held the total are gone and they were looked at again (after
+    ``TOTAL_LOOK_EVERY``), its own budget is its again."""
+    sockets, clock = Sockets(), Clock()
+    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=16 * MiB, clock=clock)
+    sockets.unsent[5] = 4096
+    unread.asked(b"far", 5)
+    for _ in range(3):
+        assert unread.may_send(b"far", 200_000) and unread.asked(b"far", 5)    # 600 KB, under its budget
+    for i in range(4):
+        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, MiB, 8)
+    assert unread.total > 8 * MiB
+    assert unread.asked(b"far", 5) is False                 # it owes more than 16 MiB / 256
+    refusal = unread.refusal(b"far")
+    assert refusal.code == "busy" and "fair share" in refusal.message, refusal.message
+    for i in range(4):
+        del sockets.unsent[10 + i]                          # the hogs went
+    clock.now += 1.0
+    assert unread.asked(b"far", 5) and unread.may_send(b"far", 200_000)
+    assert unread.total == unread.unread(b"far") == 800_000 + 100      # its refusal counted too
