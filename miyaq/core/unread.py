@@ -54,6 +54,33 @@ when it is looked at). Before 2026-12-07 only each connection was bounded:
 nothing grew a node from 73 to 942 MB when the task finished with a 1 MiB
 result -- each was sent its own copy, far under its own 32 MiB -- and
 ``max_waiters`` (10,000) of them would have held 10 GB.
+
+A fair share of the total: once all followed connections together owe
+more than half of ``TOTAL_BUDGET`` (the pressure), each connection's budget
+is its fair share, 1/``FAIR_SHARE_PARTS`` of the total (1 MiB), instead of
+``UNREAD_BUDGET``: a connection that owes that much has its requests and
+large answers refused ``busy`` (its ERRORs bounded as past its own budget)
+until they read, or the pressure is gone. So the half under pressure goes
+to connections in pieces of at most the fair share, the answer that
+reached it and ``REFUSALS_BUDGET``; a connection that reads owes little
+whenever it is looked at (before each large answer) and is served while
+the total has room for its answer, which stays a hard bound for large
+answers. Before 2026-12-07 eight connections that never read, each owing
+its own 32 MiB, held the whole total, and from then on every other
+client's answer of ``LARGE_ANSWER`` or more was refused until they went;
+now those eight hold about 132 MiB, and starving a reader of 1 MiB answers
+takes about 4 + 128 / (1 + 1 + 1) connections, about 45 (ZeroMQ has no
+limit of connections per address; bounding their number is the
+deployment's: keys, a firewall). A share that shrinks as more connections
+owe (the total / their number) was not taken: every connection sent
+anything since its last look owes something, so the share would be the
+floor on a busy node anyway, and under attack the first connections
+under pressure would take the larger shares (about a dozen starve a
+reader). Whether the pressure is on is decided at a look (once per
+``LOOK_EVERY`` bytes of a connection, and before each large answer), so
+the common path is unchanged; all connections are looked at again (at
+most every ``TOTAL_LOOK_EVERY``) before a connection is refused for it,
+as the counts of those that read fall only when looked at.
 """
 from __future__ import annotations
 
@@ -82,8 +109,12 @@ UNREAD_BUDGET = 32 * 1024 * 1024
 #: Bytes all the followed connections together may have been sent and not
 #: taken before a large answer is refused ``busy``.
 TOTAL_BUDGET = 256 * 1024 * 1024
+#: Past half of ``TOTAL_BUDGET`` owed (the pressure), each connection may
+#: owe 1/this of it (its fair share: 1 MiB) instead of ``UNREAD_BUDGET``.
+FAIR_SHARE_PARTS = 256
 #: Seconds at least between two looks at every connection that owes bytes
-#: (made only when a large answer would pass ``TOTAL_BUDGET``).
+#: (made only when a large answer would pass ``TOTAL_BUDGET``, or a
+#: connection past its fair share would be refused for the pressure).
 TOTAL_LOOK_EVERY = 0.5
 #: Bytes counted between two questions to the kernel.
 LOOK_EVERY = 64 * 1024
@@ -142,20 +173,26 @@ def acked_bytes(fd: int) -> int | None:
 
 # An entry, per routing id: [descriptor it last asked by, bytes sent and not
 # taken, the count at which the kernel is asked next, bytes of ERRORs sent
-# while over budget, what TCP said it acknowledged when last asked (-1: not TCP)].
-_FD, _UNREAD, _NEXT, _REFUSALS, _ACKED = range(5)
+# while over budget, what TCP said it acknowledged when last asked (-1: not
+# TCP), its budget when last looked at (``budget``, or the fair share under pressure)].
+_FD, _UNREAD, _NEXT, _REFUSALS, _ACKED, _LIMIT = range(6)
 
 
 class UnreadAnswers:
-    """What each followed connection was sent and has not taken."""
+    """What each followed connection was sent and has not taken.
+    ``fair_share`` (at most ``budget``; default ``total_budget //
+    FAIR_SHARE_PARTS``) is each connection's budget while all together owe
+    more than half of ``total_budget``."""
 
     def __init__(self, budget: int = UNREAD_BUDGET, large: int = LARGE_ANSWER,
                  max_followed: int = MAX_FOLLOWED, unsent: Callable[[int], int] = unsent_bytes,
                  acked: Callable[[int], int | None] = acked_bytes, look_every: int = LOOK_EVERY,
                  refusals: int = REFUSALS_BUDGET, total_budget: int = TOTAL_BUDGET,
-                 clock: Callable[[], float] = monotonic) -> None:
+                 clock: Callable[[], float] = monotonic, fair_share: int | None = None) -> None:
         self.budget = budget
         self.total_budget = total_budget
+        self.pressure = total_budget // 2      # owed past this, every connection has its fair share
+        self.fair_share = min(budget, total_budget // FAIR_SHARE_PARTS if fair_share is None else fair_share)
         self.clock = clock
         self.total = 0           # bytes counted against every followed connection together
         self._looked_all = -TOTAL_LOOK_EVERY    # when every connection owing bytes was last looked at
@@ -171,7 +208,7 @@ class UnreadAnswers:
 
     def _entry(self, fd: int) -> list[int]:
         acked = self.acked(fd)
-        return [fd, 0, self.look_every, 0, -1 if acked is None else acked]
+        return [fd, 0, self.look_every, 0, -1 if acked is None else acked, self.budget]
 
     def asked(self, identity: bytes, fd: int) -> bool:
         """``identity`` sent a request by the connection on descriptor ``fd``
@@ -194,7 +231,25 @@ class UnreadAnswers:
 
     def _look(self, entry: list[int]) -> bool:
         """Ask the kernel what the connection took since it was last asked,
-        and take it off. True if the connection is under budget then."""
+        take it off, and set its budget: its fair share under pressure.
+        True if the connection is under it then."""
+        self._take(entry)
+        unread = entry[_UNREAD]
+        limit = self.budget
+        if self.total > self.pressure:
+            if unread >= self.fair_share:
+                self._look_all()          # those that read owe less once looked at
+            if self.total > self.pressure:
+                limit = self.fair_share
+        entry[_LIMIT] = limit
+        if unread < limit:
+            entry[_REFUSALS] = 0
+        entry[_NEXT] = min(unread + self.look_every, limit)
+        return unread < limit
+
+    def _take(self, entry: list[int]) -> None:
+        """Ask the kernel what the connection took since it was last asked,
+        and take it off its count and the total."""
         before = entry[_UNREAD]
         if entry[_ACKED] >= 0:
             acked = self.acked(entry[_FD])
@@ -212,10 +267,6 @@ class UnreadAnswers:
             except OSError:
                 entry[_UNREAD] = 0        # closed: gone
         self.total += entry[_UNREAD] - before
-        if entry[_UNREAD] < self.budget:
-            entry[_REFUSALS] = 0
-        entry[_NEXT] = min(entry[_UNREAD] + self.look_every, self.budget)
-        return entry[_UNREAD] < self.budget
 
     def _look_all(self) -> None:
         """Ask the kernel about every followed connection that owes bytes
@@ -227,13 +278,14 @@ class UnreadAnswers:
         self._looked_all = now
         for entry in self._followed.values():
             if entry[_UNREAD]:
-                self._look(entry)
+                self._take(entry)
 
     def may_send(self, identity: bytes, size: int) -> bool:
         """May an answer of ``size`` bytes go to ``identity`` now? Counts it if
         so. False only for a large answer (``large`` bytes or more) to a
-        connection with ``budget`` bytes not taken: answer ``busy``
-        instead."""
+        connection with ``budget`` bytes not taken (its fair share under
+        pressure), or that would take the total past ``total_budget``:
+        answer ``busy`` instead."""
         entry = self._followed.get(identity)
         if entry is None:
             return True        # not followed (it never asked by a socket): nothing to measure
@@ -259,12 +311,13 @@ class UnreadAnswers:
 
     def may_send_error(self, identity: bytes, size: int) -> bool:
         """May an ERROR of ``size`` bytes go to ``identity``? Counts it if so.
-        False once the connection, over budget, was sent ``refusals`` bytes
-        of ERRORs: it reads nothing, and more would only pile up."""
+        False once the connection, over budget (its fair share under
+        pressure), was sent ``refusals`` bytes of ERRORs: it reads nothing,
+        and more would only pile up."""
         entry = self._followed.get(identity)
         if entry is None:
             return True
-        if entry[_UNREAD] >= self.budget:
+        if entry[_UNREAD] >= entry[_LIMIT]:
             if entry[_REFUSALS] >= self.refusals:
                 self.unsent_errors += 1
                 return False
@@ -277,17 +330,27 @@ class UnreadAnswers:
         """The ``busy`` a request of ``identity`` gets when :meth:`asked` or
         :meth:`may_send` said no (counted; logged, a few lines a minute)."""
         self.refused += 1
-        unread = self.unread(identity)
-        if unread < self.budget:    # its own count is under budget: all of them together are not
-            _log.warning("unread total", "connections have not read %d bytes they were sent, all together; large "
-                         "answers are answered busy until they do (%d refused so far)", self.total, self.refused)
-            return Busy(f"the node's clients have not read {self.total} bytes of answers they were sent, all "
-                        f"connections together (at most {self.total_budget}); retry shortly")
-        _log.warning("unread", "a connection has not read %d bytes it was sent; its requests are answered busy "
-                     "until it does (%d refused so far, %d errors not sent)", unread, self.refused,
-                     self.unsent_errors)
-        return Busy(f"this connection has not read {unread} bytes of answers it was sent; "
-                    "read them before asking for more")
+        entry = self._followed.get(identity)
+        unread, limit = (0, self.budget) if entry is None else (entry[_UNREAD], entry[_LIMIT])
+        if unread >= self.budget:
+            _log.warning("unread", "a connection has not read %d bytes it was sent; its requests are answered busy "
+                         "until it does (%d refused so far, %d errors not sent)", unread, self.refused,
+                         self.unsent_errors)
+            return Busy(f"this connection has not read {unread} bytes of answers it was sent; "
+                        "read them before asking for more")
+        if unread >= limit:         # under its own budget, over its fair share: the pressure is on
+            _log.warning("unread share", "connections have not read %d bytes they were sent, all together; those "
+                         "that owe their fair share (%d) are answered busy until they do (%d refused so far)",
+                         self.total, self.fair_share, self.refused)
+            return Busy(f"this connection has not read {unread} bytes of answers it was sent, more than its fair "
+                        f"share ({self.fair_share}) while the node's clients have not read {self.total}, all "
+                        f"connections together (over half of the {self.total_budget} they may); read them, "
+                        "or retry shortly")
+        # its own count is under its budget: all of them together are not
+        _log.warning("unread total", "connections have not read %d bytes they were sent, all together; large "
+                     "answers are answered busy until they do (%d refused so far)", self.total, self.refused)
+        return Busy(f"the node's clients have not read {self.total} bytes of answers they were sent, all "
+                    f"connections together (at most {self.total_budget}); retry shortly")
 
     def unread(self, identity: bytes) -> int:
         """Bytes counted against ``identity``: sent and not taken (0: none, or not followed)."""
