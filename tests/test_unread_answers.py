@@ -728,3 +728,58 @@ def test_a_connection_refused_its_fair_share_is_served_again_once_the_pressure_i
     clock.now += 1.0
     assert unread.asked(b"far", 5) and unread.may_send(b"far", 200_000)
     assert unread.total == unread.unread(b"far") == 800_000
+
+
+def test_connections_that_never_read_cannot_starve_a_reading_client_over_real_sockets(make_node, client_for,
+                                                                                       ctx) -> None:
+    """Fault: eight connections each ask 30 times for a 100 KB RESULT (an
+    answer of 64 KiB or more) and read nothing; the node's budgets are
+    small here (1 MiB a connection, 4 MiB together). Each owes its own
+    budget's worth and four of them the whole total: before, a client
+    that reads every answer was then refused ``busy`` for the same RESULT
+    for as long as they stayed connected. Now past half the total each
+    connection may owe its fair share (16 KiB here) and the reader gets
+    its answers."""
+    node = make_node()
+    unread = _CountingAnswers(budget=MiB, total_budget=4 * MiB)
+    node.node.core.endpoint.unread = unread
+    client = client_for(node.endpoint)
+    _finished_task(node, client, ctx, "big", 100_000)
+    hogs = [_slow_dealer(ctx, node.endpoint) for _ in range(8)]
+    before = unread.asks
+    for i in range(30):
+        for hog in hogs:
+            hog.send_multipart([c.TAG, c.RESULT, msgpack.packb({"req": i, "id": "big", "timeout": 0})])
+    _all_taken_up(unread, before, 8 * 30)
+    assert unread.total > 2 * MiB and unread.refused > 0      # the hogs took half the total, and were refused
+    reader = ctx.socket(zmq.DEALER)
+    reader.setsockopt(zmq.LINGER, 0)
+    reader.connect(node.endpoint)
+    for i in range(10):
+        reader.send_multipart([c.TAG, c.RESULT, msgpack.packb({"req": i, "id": "big", "timeout": 0})])
+        command, body = _next(reader)
+        assert command == c.REPLY and len(body["result"]) == 100_000, (command, body)
+    assert unread.total <= 4 * MiB + 8 * 30 * 200           # large answers within the total (and ERRORs)
+
+
+def _finished_task(node, client, ctx: zmq.Context, task_id: str, result_size: int) -> None:
+    """Make ``node`` hold the task ``task_id`` finished with a result of ``result_size`` bytes."""
+    producer = ctx.socket(zmq.DEALER)
+    producer.setsockopt(zmq.LINGER, 0)
+    producer.connect(node.endpoint)
+    producer.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": [{"id": task_id, "name": "x"}]})])
+    assert _next(producer)[0] == c.SUBMITTED
+    worker = ctx.socket(zmq.DEALER)
+    worker.setsockopt(zmq.LINGER, 0)
+    worker.connect(node.endpoint)
+    worker.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": "w1", "queues": ["default"], "capacity": 1})])
+    while True:
+        command, body = _next(worker)
+        if command == c.DISPATCH:
+            task = body["tasks"][0]
+            done = [[task[0], task[4], b"r" * result_size]]
+            worker.send_multipart([c.TAG, c.DONE, msgpack.packb({"done": done})])
+            break
+    wait_for(lambda: client.status()["outcomes"].get("completed") == 1, timeout=WAIT, what="the task done")
+    producer.close()
+    worker.close()
