@@ -60,27 +60,30 @@ more than half of ``TOTAL_BUDGET`` (the pressure), each connection's budget
 is its fair share, 1/``FAIR_SHARE_PARTS`` of the total (1 MiB), instead of
 ``UNREAD_BUDGET``: a connection that owes that much has its requests and
 large answers refused ``busy`` (its ERRORs bounded as past its own budget)
-until they read, or the pressure is gone. So the half under pressure goes
+until it reads, or the pressure is gone. So the half under pressure goes
 to connections in pieces of at most the fair share, the answer that
-reached it and ``REFUSALS_BUDGET``; a connection that reads owes little
-whenever it is looked at (before each large answer) and is served while
-the total has room for its answer, which stays a hard bound for large
-answers. Before 2026-12-07 eight connections that never read, each owing
-its own 32 MiB, held the whole total, and from then on every other
-client's answer of ``LARGE_ANSWER`` or more was refused until they went;
-now those eight hold about 132 MiB, and starving a reader of 1 MiB answers
-takes about 4 + 128 / (1 + 1 + 1) connections, about 45 (ZeroMQ has no
-limit of connections per address; bounding their number is the
-deployment's: keys, a firewall). A share that shrinks as more connections
-owe (the total / their number) was not taken: every connection sent
-anything since its last look owes something, so the share would be the
-floor on a busy node anyway, and under attack the first connections
-under pressure would take the larger shares (about a dozen starve a
-reader). Whether the pressure is on is decided at a look (once per
-``LOOK_EVERY`` bytes of a connection, and before each large answer), so
-the common path is unchanged; all connections are looked at again (at
-most every ``TOTAL_LOOK_EVERY``) before a connection is refused for it,
-as the counts of those that read fall only when looked at.
+reached it and ``REFUSALS_BUDGET``, while a connection that reads owes
+next to nothing whenever it is looked at (before each large answer) and
+is served as long as the total has room for its answer -- the total stays
+a hard bound for large answers. Before 2026-12-07 eight connections that
+never read, each owing its own 32 MiB, held the whole total, and from then
+on every other client's answer of ``LARGE_ANSWER`` or more was refused
+until they went; now those eight hold 132-137 MiB, and it takes 67 such
+connections to starve a reader of 1 MiB answers (131 that send no more
+requests than their answers; ZeroMQ has no limit of connections per
+address: bounding their number is the deployment's -- keys, a firewall).
+A share that shrinks as more connections owe (the total over their
+number) was not taken: every connection sent anything since it was last
+looked at owes something, so on a busy node it is the floor anyway, and
+under attack the first connections past the half take the larger shares
+(128/5 + 128/6 + ... MiB: eleven connections starve a reader). Whether the
+pressure is on is decided at a look -- before a large answer, and once
+``LOOK_EVERY`` bytes were counted for the connection since the last -- so
+the common path is unchanged, and a connection notices the pressure
+within ``LOOK_EVERY`` bytes of its own. Before one is refused for it,
+every connection owing bytes is looked at again (at most every
+``TOTAL_LOOK_EVERY``): the counts of those that read fall only when
+looked at.
 """
 from __future__ import annotations
 
