@@ -195,7 +195,8 @@ class UnreadAnswers:
         self.budget = budget
         self.total_budget = total_budget
         self.pressure = total_budget // 2      # owed past this, every connection has its fair share
-        self.fair_share = min(budget, total_budget // FAIR_SHARE_PARTS if fair_share is None else fair_share)
+        share = total_budget // FAIR_SHARE_PARTS if fair_share is None else fair_share
+        self.fair_share = max(1, min(budget, share))
         self.clock = clock
         self.total = 0           # bytes counted against every followed connection together
         self._looked_all = -TOTAL_LOOK_EVERY    # when every connection owing bytes was last looked at
@@ -216,8 +217,9 @@ class UnreadAnswers:
     def asked(self, identity: bytes, fd: int) -> bool:
         """``identity`` sent a request by the connection on descriptor ``fd``
         (-1: not known, and nothing is measured for it). False: that
-        connection has ``budget`` bytes it was sent and has not taken;
-        refuse the request (:meth:`refusal`) instead of handling it."""
+        connection has ``budget`` bytes it was sent and has not taken (its
+        fair share under pressure, noticed at its next look); refuse the
+        request (:meth:`refusal`) instead of handling it."""
         entry = self._followed.get(identity)
         if entry is None:
             if fd >= 0:
