@@ -525,22 +525,7 @@ def test_results_under_64_kib_never_read_are_refused_busy_past_the_budget(make_n
     node = make_node()
     unread = _small_budget(node, MiB)
     client = client_for(node.endpoint)
-    worker = ctx.socket(zmq.DEALER)
-    worker.setsockopt(zmq.LINGER, 0)
-    worker.connect(node.endpoint)
-    producer = ctx.socket(zmq.DEALER)
-    producer.setsockopt(zmq.LINGER, 0)
-    producer.connect(node.endpoint)
-    producer.send_multipart([c.TAG, c.SUBMIT, msgpack.packb({"tasks": [{"id": "big", "name": "x"}]})])
-    assert _next(producer)[0] == c.SUBMITTED
-    worker.send_multipart([c.TAG, c.READY, msgpack.packb({"worker": "w1", "queues": ["default"], "capacity": 1})])
-    while True:
-        command, body = _next(worker)
-        if command == c.DISPATCH:
-            task = body["tasks"][0]
-            worker.send_multipart([c.TAG, c.DONE, msgpack.packb({"done": [[task[0], task[4], b"r" * 60_000]]})])
-            break
-    wait_for(lambda: client.status()["outcomes"].get("completed") == 1, timeout=WAIT, what="the task done")
+    _finished_task(node, client, ctx, "big", 60_000)
     slow = _slow_dealer(ctx, node.endpoint)
     before = unread.asks
     for i in range(200):
