@@ -77,10 +77,11 @@ number) was not taken: every connection sent anything since it was last
 looked at owes something, so on a busy node it is the floor anyway, and
 under attack the first connections past the half take the larger shares
 (128/5 + 128/6 + ... MiB, each with its answer on top: about a dozen
-connections starve a reader). Whether the pressure is on is decided at a look -- before a large answer, and once
-``LOOK_EVERY`` bytes were counted for the connection since the last -- so
-the common path is unchanged, and a connection notices the pressure
-within ``LOOK_EVERY`` bytes of its own. Before one is refused for it,
+connections starve a reader). Whether the pressure is on is decided at
+a look -- before a large answer, and once ``LOOK_EVERY`` bytes were
+counted for the connection since the last -- so the common path is
+unchanged, and a connection notices the pressure within ``LOOK_EVERY``
+bytes of its own. Before one is refused for it,
 every connection owing bytes is looked at again (at most every
 ``TOTAL_LOOK_EVERY``): the counts of those that read fall only when
 looked at.
