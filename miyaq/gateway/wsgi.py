@@ -36,7 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from miyaq.gateway.conn_io import MAX_HEADER_BYTES, HeaderBudget, HeadersTooLarge, SendTimeout, fair_rfile, send_within
+from miyaq.gateway.conn_io import (MAX_HEADER_BYTES, SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout, bound_send_queue,
+                                   fair_rfile, send_within)
 from miyaq.gateway.request import CONNECTION
 from miyaq.gateway.request_body import TimedInput, linger
 from miyaq.runtime import green, monotonic
@@ -141,7 +142,9 @@ class GatewayHandler(WSGIHandler):
             if exc is not timer:
                 raise
             return False
-        except OSError:
+        except OSError as exc:
+            if exc.errno == errno.ETIMEDOUT:    # the kernel ended it: the last answer was not taken (conn_io)
+                self.server.refused("send_timeout")
             return False
         finally:
             timer.close()
@@ -197,19 +200,25 @@ class GatewayHandler(WSGIHandler):
         """pywsgi writes a head and its body separately: two system calls and,
         with TCP_NODELAY, two packets per answer. Relies on pywsgi's
         ``_write_with_headers`` sending through ``_sendall`` (true of every
-        gevent release since 1.x)."""
+        gevent release since 1.x). An answer larger than a piece
+        (``SEND_PIECE``) goes as it is, its head first: joined, the body
+        would be copied once more, and the copy held while a slow client
+        takes it."""
         self._coalesce = []
         try:
             super()._write_with_headers(data)
         finally:
             pending, self._coalesce = self._coalesce, None
-            if pending:
+            if pending and sum(map(len, pending)) <= SEND_PIECE:
                 self._sendall(b"".join(pending))
+            else:
+                for part in pending or ():
+                    self._sendall(part)
 
     def _sendall(self, data: bytes) -> None:
         """Each piece of an answer within ``body_timeout`` (conn_io.send_within)."""
         if self._coalesce is not None:
-            self._coalesce.append(bytes(data))
+            self._coalesce.append(bytes(data))     # the head: a bytearray; a body: bytes, not copied
             return
         try:
             send_within(self.socket, super()._sendall, data, self.server.limits.body_timeout)
@@ -296,6 +305,7 @@ class GatewayServer(WSGIServer):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass   # not TCP (or already closed): nothing to tune
+            bound_send_queue(sock, self.limits.body_timeout)
             if self.ssl_enabled and not self._handshake(sock, host, deadline):
                 _close(sock)
                 return
