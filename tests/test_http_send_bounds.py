@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_harness import FIXTURES, WAIT, Http, NodeThread, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, wait_for
 from gateway_harness import connect_from as connect
 from miyaq.gateway.conn_io import SEND_LOWAT
 

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from miyaq.gateway.conn_io import (MAX_HEADER_BYTES, SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout, bound_send_queue,
-                                   fair_rfile, send_within)
+from miyaq.gateway.conn_io import (MAX_HEADER_BYTES, SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout,
+                                   bound_send_queue, fair_rfile, send_within)
 from miyaq.gateway.request import CONNECTION
 from miyaq.gateway.request_body import TimedInput, linger
 from miyaq.runtime import green, monotonic
