@@ -148,8 +148,9 @@ class NodeConfig(Settings):
                                           "counted from its registration")
     max_tasks: int = setting(1_000_000, "live tasks this node holds before it answers BUSY")
     max_payload: int = setting(1024 * 1024, "largest task payload in bytes")
-    max_bytes: int = setting(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter) "
-                                             "before it answers BUSY")
+    max_bytes: int = setting(1024 * 1024 * 1024, "payload bytes of the tasks this node holds (live and dead-letter; "
+                                             "with their webhook headers and URLs, keys and errors) before it "
+                                             "answers BUSY")
     max_result_bytes: int = setting(256 * 1024 * 1024, "result bytes of finished tasks kept before new submits are "
                                                     "answered BUSY (at twice this, the oldest are forgotten)")
     max_message: int = setting(16 * 1024 * 1024, "largest protocol message in bytes")

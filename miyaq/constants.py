@@ -100,6 +100,13 @@ LEASE_HISTORY = 4
 #: may keep one, outside ``max_bytes``; 256 + 4,096 + 16,384 characters of
 #: 4 bytes each (what the fields allowed before 2026-12-05) held 82 KB a task.
 ERROR_BYTES = 8 * 1024
+#: The least a retrying or dead task's error keeps when ``max_bytes`` has no
+#: room left for it (it counts there: :func:`miyaq.store.task.held_bytes`):
+#: the error's type and the start of its message. So errors pass
+#: ``max_bytes`` by at most this much a held task: 280 MB at the defaults'
+#: 1.1 million (``max_tasks`` + ``max_dead``), where they held up to 10 GiB
+#: before 2026-12-07, counted nowhere.
+ERROR_BYTES_MIN = 256
 #: The longest lessee name (a consumer's principal) another holder is told
 #: (a STARTED event, a handed-off copy); a longer one is not sent at all.
 MAX_LESSEE = 512

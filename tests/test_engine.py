@@ -25,7 +25,7 @@ from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.table import stone_bytes
 from miyaq.store.task import (
-    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task,
+    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, held_bytes,
 )
 
 T0 = 1_700_000_000.0
@@ -130,7 +130,7 @@ def check_consistent(engine: Engine) -> None:
     assert all(n >= 0 for n in engine.outcomes.values())
     for key, task_id in table.keys.items():
         assert task_id in table.live or task_id in table.dead or task_id in table.tombstones, key
-    assert table.payload_bytes == sum(len(t.body) for t in list(table.live.values()) + list(table.dead.values()))
+    assert table.payload_bytes == sum(held_bytes(t) for t in list(table.live.values()) + list(table.dead.values()))
     assert table.result_bytes == sum(stone_bytes(s.result, s.error) for s in table.tombstones.values())
 
 
@@ -663,7 +663,7 @@ def test_busy_past_max_bytes_of_payloads_and_free_again_when_they_go():
     t = run(engine, ["default"], FakeConsumer(), T0)
     assert t.id == "b0"
     engine.fail("b0", 1, {"type": "E", "message": "no"}, False, None, T0)   # a dead letter keeps its payload
-    assert engine.table.payload_bytes == 800
+    assert engine.table.payload_bytes == 800 + len("type" "E" "message" "no")   # and its error
     engine.dead_purge(None, ["b0"])
     assert engine.table.payload_bytes == 400
     submit(engine, "b2", body=b"y" * 400)
@@ -1025,12 +1025,13 @@ def test_dead_letters_dropped_for_good_hold_no_payload_where_they_are_still_refe
     assert list(engine.table.dead) == ["d4", "d5"]      # d0..d3 evicted
     assert engine.dead_purge(None, ["d4"]) == 1
     assert [len(t.body) for t in kept] == [0, 0, 0, 0, 0, len(body)]
-    assert engine.table.payload_bytes == len(body)
+    error = len("type" "E" "message" "no")      # d5's error counts with its payload
+    assert engine.table.payload_bytes == len(body) + error
     # A copy handed off to another holder (forgotten here) likewise; its timer stays, stale.
     engine.submit(Task("moved", "default", "echo", body, eta=T0 + 3600), T0)
     moved = engine.table.live["moved"]
     engine.forget(moved)
-    assert moved.body == b"" and engine.table.payload_bytes == len(body)
+    assert moved.body == b"" and engine.table.payload_bytes == len(body) + error
     check_consistent(engine)
 
 

@@ -251,7 +251,8 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
             elif op == "R":
                 if task.state == RUNNING:
                     continue
-                task.attempt, task.error = ev[2], ev[4]
+                task.attempt = ev[2]
+                engine.keep_error(task, ev[4])
                 task.standby = True
                 eta = ev[3] or now
                 engine.defer(task, eta + role.offset_for(task), RETRYING if ev[3] else SCHEDULED)

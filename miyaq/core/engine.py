@@ -100,9 +100,10 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
                        "workers finish some")
         if table.payload_bytes + held_bytes(task) > self.config.max_bytes:
             _full.warning("full bytes", "refusing new tasks busy: the node holds %d bytes of task payloads "
-                          "and webhook headers, max_bytes %d", table.payload_bytes, self.config.max_bytes)
-            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads and webhook headers; max_bytes is "
-                       f"{self.config.max_bytes}", reason="bytes")
+                          "(with their webhook headers and URLs, keys and errors), max_bytes %d",
+                          table.payload_bytes, self.config.max_bytes)
+            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads (with their webhook headers and URLs, "
+                       f"keys and errors); max_bytes is {self.config.max_bytes}", reason="bytes")
         if table.result_bytes >= self.config.max_result_bytes:
             # Results go with their tombstones: the longer of result_ttl and
             # dedup_window after their task ended (docs/semantics.md).
@@ -251,7 +252,7 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         if not self._reporter_ok(task, attempt, by):
             return False
         self._detach(task)
-        task.error = cut_error(error)     # every consumer's report: ZeroMQ, HTTP pull, webhooks
+        self.keep_error(task, cut_error(error))     # every consumer's report: ZeroMQ, HTTP pull, webhooks
         self.outcomes[(task.queue, "failed")] += 1
         self._retry_or_kill(task, retryable, delay, now, "failed", standby)
         return True
@@ -260,7 +261,7 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         """The consumer vanished or the lease ran out: put the task back at
         once (the attempt is spent) or dead-letter it if none are left."""
         self._detach(task)
-        task.error = {"type": "Lost", "message": reason}
+        self.keep_error(task, {"type": "Lost", "message": reason})
         self.outcomes[(task.queue, "lost")] += 1
         self._retry_or_kill(task, True, 0.0, now, reason)
 

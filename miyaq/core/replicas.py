@@ -114,7 +114,7 @@ class ReplicaCopies(Transitions):
             return None
         consumer = task.consumer
         if error is not None:
-            task.error = error
+            self.keep_error(task, error)
         self._finish(task, state, result, now)   # dead tasks too: bury() takes them off the dead list
         if consumer is not None:
             consumer.abort([task.id])
@@ -164,7 +164,7 @@ class ReplicaCopies(Transitions):
     def kill_copy(self, task: Task, error: dict[str, Any] | None) -> None:
         if task.state == DEAD:
             return
-        task.error = error
+        self.keep_error(task, error)
         self._kill(task)
 
     def forget(self, task: Task) -> None:

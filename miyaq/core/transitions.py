@@ -16,16 +16,18 @@ from __future__ import annotations
 
 import itertools
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from miyaq.config import NodeConfig
+from miyaq.constants import ERROR_BYTES_MIN
 from miyaq.core.listener import EngineListener
 from miyaq.logs import LogLimiter
+from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.tally import Tally
-from miyaq.store.task import ALL_STATES, DEAD, READY, Task, let_go
+from miyaq.store.task import ALL_STATES, DEAD, READY, Task, error_bytes, let_go
 from miyaq.store.timers import TimerHeap
 
 # The engine's logger: a dead-letter eviction is logged under the same name as
@@ -128,6 +130,21 @@ class Transitions:
         # it must not hold its body (nor its webhook headers) there, outside max_bytes.
         let_go(task)
         return stone
+
+    def keep_error(self, task: Task, error: dict[str, Any] | None) -> None:
+        """Give ``task`` its last failure (at most ``ERROR_BYTES``, as every
+        error that enters). A held task's error counts in ``max_bytes``
+        (:func:`~miyaq.store.task.held_bytes`): one that does not fit in the
+        room left is cut to it, keeping at least ``ERROR_BYTES_MIN`` (its
+        type and the start of its message) -- a failure is never refused.
+        So the errors pass ``max_bytes`` by at most ``ERROR_BYTES_MIN`` a
+        held task."""
+        table = self.table
+        if error and table.holds(task):
+            room = self.config.max_bytes - table.payload_bytes + error_bytes(task.error)
+            if error_bytes(error) > room:
+                error = cut_error(dict(error), max(room, ERROR_BYTES_MIN))     # a copy: a record may hold it
+        table.set_error(task, error)
 
     def _kill(self, task: Task) -> None:
         self.timers.cancel(task)

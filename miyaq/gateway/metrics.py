@@ -187,7 +187,8 @@ class NodeCollector(Collector):
         yield GaugeMetricFamily("miyaq_tombstones", "Finished tasks remembered", value=len(engine.table.tombstones))
         config = core.config
         for name, text, value in (
-                ("miyaq_payload_bytes", "Payload bytes of the live and dead tasks held", engine.table.payload_bytes),
+                ("miyaq_payload_bytes", "Payload bytes of the live and dead tasks held (webhook headers and URLs, "
+                 "keys and errors included)", engine.table.payload_bytes),
                 ("miyaq_payload_bytes_limit", "max_bytes: payload bytes held before submits are answered BUSY",
                  config.max_bytes),
                 ("miyaq_result_bytes", "Result and error bytes kept with finished tasks", engine.table.result_bytes),

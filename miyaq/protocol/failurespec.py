@@ -54,15 +54,16 @@ def check_error(value: Any, field: str = "error") -> dict[str, Any] | None:
     return cut_error(value)
 
 
-def cut_error(error: dict[str, Any]) -> dict[str, Any]:
-    """``error``, cut in place to at most ``ERROR_BYTES`` (:func:`error_bytes`)
-    and returned: the traceback first (its end is kept: the innermost frames
+def cut_error(error: dict[str, Any], limit: int = ERROR_BYTES) -> dict[str, Any]:
+    """``error``, cut in place to at most ``limit`` bytes (:func:`error_bytes`;
+    ``ERROR_BYTES`` unless told) and returned: the traceback first (its end is kept: the innermost frames
     and the exception), then any other string, then the message (its start
     is kept), the type last. Each string is cut on a character boundary and
     marked ``[... N bytes cut]``; strings of at most 32 bytes are kept
     whole. Names are at most 64 characters, 16 of them (:func:`check_error`),
-    so what is left always fits."""
-    over = error_bytes(error) - ERROR_BYTES
+    so what is left always fits ``ERROR_BYTES`` (a smaller ``limit``, as
+    far as marks and those short strings allow)."""
+    over = error_bytes(error) - limit
     if over <= 0:
         return error
     others = [k for k, v in error.items() if isinstance(v, str) and k not in ("type", "message", "traceback")]

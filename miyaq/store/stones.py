@@ -11,29 +11,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from .task import Task
-
-
-def error_bytes(error: Any) -> int:
-    """The bytes of a task's error (a map of names to scalars,
-    :func:`miyaq.protocol.failurespec.check_error`): its names and string
-    values as UTF-8, 8 bytes per other value. 0 for None. What a tombstone
-    counts in ``result_bytes``, and what ``ERROR_BYTES`` bounds where an
-    error enters (:func:`miyaq.protocol.failurespec.cut_error`)."""
-    if not error:
-        return 0
-    if not isinstance(error, dict):
-        return _text_bytes(error) if isinstance(error, str) else 8
-    size = 0
-    for name, value in error.items():
-        size += _text_bytes(name) if isinstance(name, str) else 8
-        size += _text_bytes(value) if isinstance(value, str) else 8
-    return size
-
-
-def _text_bytes(text: str) -> int:
-    # ASCII (the usual error text) is told in O(1); anything else is measured as UTF-8.
-    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+from .task import Task, error_bytes
 
 
 def stone_bytes(result: bytes | None, error: Any) -> int:

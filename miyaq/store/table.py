@@ -17,8 +17,9 @@ that bound, and a peer's CANCELs, ``F`` events or outcomes of ids nobody
 had pushed every finished task's tombstone out (its result, its dedup key).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
-(the payloads of live and dead tasks, with their webhook headers:
-:func:`~miyaq.store.task.held_bytes`) and :attr:`TaskTable.result_bytes`
+(the payloads of live and dead tasks, with their webhook headers and URLs,
+their keys and their errors: :func:`~miyaq.store.task.held_bytes`; an error
+changes through :meth:`TaskTable.set_error`) and :attr:`TaskTable.result_bytes`
 (what its tombstones keep of their outcome: :func:`stone_bytes`, the
 result's bytes plus the error's text). Before 2026-12-05 only results
 counted: a tombstone made from a peer's ``F`` event or a handoff's
@@ -166,6 +167,20 @@ class TaskTable:
 
     def get(self, task_id: str) -> Task | None:
         return self.live.get(task_id)
+
+    def holds(self, task: Task) -> bool:
+        """Is ``task`` this table's live or dead task (counted in ``payload_bytes``)?"""
+        return self.live.get(task.id) is task or self.dead.get(task.id) is task
+
+    def set_error(self, task: Task, error: dict[str, Any] | None) -> None:
+        """Give ``task`` its last failure, counting the change in
+        ``payload_bytes`` when the table holds it (:func:`held_bytes` counts
+        a held task's error). Every change of a held task's error goes
+        through here: :func:`held_bytes` must say as the task leaves what it
+        said as it came in."""
+        if self.holds(task):
+            self.payload_bytes += error_bytes(error) - error_bytes(task.error)
+        task.error = error
 
     def snapshot(self) -> TableSnapshot:
         """Every live and dead task and every tombstone as they are now, for a
