@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from miyaq.constants import ERROR_BYTES
-from miyaq.constants import ERROR_BYTES_MIN
+from miyaq.constants import ERROR_BYTES, ERROR_BYTES_MIN
 from miyaq.core import invariants
 from miyaq.errors import Busy
 from miyaq.protocol.failurespec import cut_error
