@@ -384,9 +384,10 @@ def held_bytes(task: Task) -> int:
                 n += len(name) + len(value)
     url = task.spec.url
     if url is not None:
-        n += _text_bytes(url)
-    if extra.key is not None:
-        n += _text_bytes(extra.key)
+        n += len(url) if url.isascii() else _text_bytes(url)
+    key = extra.key
+    if key is not None:
+        n += len(key) if key.isascii() else _text_bytes(key)
     if extra.error:
         n += error_bytes(extra.error)
     return n
