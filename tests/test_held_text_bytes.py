@@ -30,7 +30,7 @@ def test_webhook_urls_and_keys_count_against_max_bytes():
     """Fault: tasks of empty payloads, each with its own 2,000-character
     webhook URL (a callback naming the task) and a 256-character key,
     counted 0 bytes against ``max_bytes``: a node took them up to
-    ``max_tasks`` (a million: about 2.5 GB of URLs and keys) while STATUS
+    ``max_tasks`` (a million: about 3 GB of URLs, their kinds and keys) while STATUS
     said ``payload_bytes`` 0. Now a task's URL and key count with its
     payload: past ``max_bytes`` the submit is BUSY, and a cancel gives the
     bytes back."""
