@@ -231,3 +231,30 @@ def test_a_tls_long_poll_whose_client_hangs_up_is_dropped(https_node, certs):
     sock.close()                # then the TCP close
     wait_for(lambda: https_node.call(lambda: https_node.node.core.waiters.count) == 0,
              "the abandoned long-poll dropped")
+
+
+def test_an_answer_of_many_pieces_arrives_whole_over_tls(https_node, certs):
+    """An answer over a piece (256 KiB) is sent as it is, its head first and
+    its body piece by piece without copies (miyaq.gateway.wsgi): over TLS a
+    1.4 MB result arrives whole, with the Content-Length it announced."""
+    cert, _ = certs["node"]
+    context = ssl.create_default_context(cafile=str(cert))
+    conn = http.client.HTTPSConnection("127.0.0.1", https_node.config.http_port, context=context, timeout=15)
+    headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+
+    def call(method: str, path: str, body: object = None) -> tuple[int, bytes, str | None]:
+        conn.request(method, path, json.dumps(body) if body is not None else None, headers)
+        response = conn.getresponse()
+        return response.status, response.read(), response.getheader("Content-Length")
+
+    result = [10] * 460_000
+    try:
+        assert call("POST", "/tasks", {"name": "big", "queue": "tls", "id": "big"})[0] == 202
+        task = json.loads(call("POST", "/receive", {"queues": ["tls"]})[1])["task"]
+        assert json.loads(call("POST", "/tasks/big/ack", {"attempt": task["attempt"], "result": result})[1])["ok"]
+        status, body, length = call("GET", "/tasks/big/result")
+        assert status == 200 and length == str(len(body)) and len(body) > 5 * 256 * 1024
+        assert json.loads(body)["result"] == result
+        assert call("GET", "/status")[0] == 200      # the connection is still in step
+    finally:
+        conn.close()
