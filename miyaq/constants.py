@@ -101,7 +101,7 @@ LEASE_HISTORY = 4
 #: 4 bytes each (what the fields allowed before 2026-12-05) held 82 KB a task.
 ERROR_BYTES = 8 * 1024
 #: The least a retrying or dead task's error keeps when ``max_bytes`` has no
-#: room left for it (it counts there: :func:`miyaq.store.task.held_bytes`):
+#: room left for it (it counts there: :func:`miyaq.store.task_bytes.held_bytes`):
 #: the error's type and the start of its message. So errors pass
 #: ``max_bytes`` by at most this much a held task: 280 MB at the defaults'
 #: 1.1 million (``max_tasks`` + ``max_dead``), where they held up to 10 GiB

@@ -25,8 +25,9 @@ from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.store.table import stone_bytes
 from miyaq.store.task import (
-    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task, held_bytes,
+    ALL_STATES, CANCELLED, DEAD, DONE, EXPIRED, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, Task,
 )
+from miyaq.store.task_bytes import held_bytes
 
 T0 = 1_700_000_000.0
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from miyaq.core.transitions import Transitions
-from miyaq.store.task import DEAD, count_revival, let_go
+from miyaq.store.task import DEAD, count_revival
+from miyaq.store.task_bytes import let_go
 
 __all__ = ["DeadLetters"]
 

@@ -37,8 +37,9 @@ from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import MAX_ATTEMPT
 from miyaq.store.tally import Tally
 from miyaq.store.task import (
-    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label, held_bytes,
+    CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label,
 )
+from miyaq.store.task_bytes import held_bytes
 
 logger = logging.getLogger(__name__)
 # A lost worker's leases run out together, and its late reports come

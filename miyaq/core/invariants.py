@@ -15,7 +15,8 @@ from collections.abc import Iterable
 from miyaq.core.engine import Engine
 from miyaq.protocol.recordspec import invalid_stored
 from miyaq.store.table import stone_bytes
-from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED, held_bytes
+from miyaq.store.task import DEAD, LIVE_STATES, READY, RETRYING, RUNNING, SCHEDULED
+from miyaq.store.task_bytes import held_bytes
 
 
 def stuck_tasks(engine: Engine, waiting: Iterable[str] = ()) -> list[str]:

@@ -20,7 +20,8 @@ from miyaq.constants import MAX_QUEUES
 from miyaq.core.transitions import Transitions
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import is_id
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival, let_go
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
+from miyaq.store.task_bytes import let_go
 
 
 #: The error ``type`` of a copy ended because another task holds its key

@@ -11,7 +11,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from miyaq.core.transitions import Transitions
-from miyaq.store.task import DEAD, DONE, RETRYING, RUNNING, SCHEDULED, Task, let_go
+from miyaq.store.task import DEAD, DONE, RETRYING, RUNNING, SCHEDULED, Task
+from miyaq.store.task_bytes import let_go
 
 if TYPE_CHECKING:
     from miyaq.core.cancels_ahead import CancelsAhead

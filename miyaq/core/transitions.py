@@ -27,7 +27,8 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.store.ready import ReadyQueues
 from miyaq.store.table import TaskTable, Tombstone
 from miyaq.store.tally import Tally
-from miyaq.store.task import ALL_STATES, DEAD, READY, Task, error_bytes, let_go
+from miyaq.store.task import ALL_STATES, DEAD, READY, Task
+from miyaq.store.task_bytes import error_bytes, let_go
 from miyaq.store.timers import TimerHeap
 
 # The engine's logger: a dead-letter eviction is logged under the same name as
@@ -134,7 +135,7 @@ class Transitions:
     def keep_error(self, task: Task, error: dict[str, Any] | None) -> None:
         """Give ``task`` its last failure (at most ``ERROR_BYTES``, as every
         error that enters). A held task's error counts in ``max_bytes``
-        (:func:`~miyaq.store.task.held_bytes`): one that does not fit in the
+        (:func:`~miyaq.store.task_bytes.held_bytes`): one that does not fit in the
         room left is cut to it, keeping at least ``ERROR_BYTES_MIN`` (its
         type and the start of its message) -- a failure is never refused.
         So the errors pass ``max_bytes`` by at most ``ERROR_BYTES_MIN`` a

@@ -11,7 +11,8 @@ from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
-from .task import Task, error_bytes
+from .task import Task
+from .task_bytes import error_bytes
 
 
 def stone_bytes(result: bytes | None, error: Any) -> int:

@@ -18,7 +18,7 @@ had pushed every finished task's tombstone out (its result, its dedup key).
 
 The table keeps two sums as it changes: :attr:`TaskTable.payload_bytes`
 (the payloads of live and dead tasks, with their webhook headers and URLs,
-their keys and their errors: :func:`~miyaq.store.task.held_bytes`; an error
+their keys and their errors: :func:`~miyaq.store.task_bytes.held_bytes`; an error
 changes through :meth:`TaskTable.set_error`) and :attr:`TaskTable.result_bytes`
 (what its tombstones keep of their outcome: :func:`stone_bytes`, the
 result's bytes plus the error's text). Before 2026-12-05 only results
@@ -50,7 +50,8 @@ from operator import attrgetter
 from typing import Any, NamedTuple
 
 from .stones import Tombstone, Tombstones, _as_stone, error_bytes, stone_bytes
-from .task import EXTRA_FIELDS, Collector, Extra, Task, held_bytes, out_of_sight
+from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
+from .task_bytes import held_bytes
 
 __all__ = ["TaskTable", "Tombstone", "Tombstones", "error_bytes", "stone_bytes", "LiveTasks", "TableSnapshot"]
 
