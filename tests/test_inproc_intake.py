@@ -622,3 +622,23 @@ def test_a_tick_reads_a_bounded_share_of_the_copies_waiting_for_an_unreachable_h
     assert not waiting & set(answered) and len(waiting) == n - len(answered) - 1
     intake.pending.clear()
     intake.unsent = {}
+
+
+def test_a_submit_to_a_cluster_node_with_no_ring_yet_says_why_and_stores_nothing(inproc):
+    """Fault: a producer submits to a cluster node before its leader has
+    published a ring (the cluster is starting), and again once every node
+    left it. Before 2026-12-07 the refusal said only ``the ring is empty``,
+    a phrase no page explained; it now says when that happens, where to
+    look and what to do. A client resends ``unavailable`` until its
+    ``submit_timeout``, and its final error carries this message."""
+    cluster = inproc(2, ring=False)
+    for round_ in ("starting", "every node left"):
+        sub = cluster.submit("n1")
+        cluster.wait_until(lambda: sub.status, what=f"the submit's answer ({round_})")
+        assert sub.status == REJECTED and sub.error_code == "unavailable"
+        assert "no member yet" in sub.result[2]["message"] and "miyaq ring" in sub.result[2]["message"]
+        assert cluster["n1"].task(sub.task_id) is None and cluster["n2"].task(sub.task_id) is None
+        if round_ == "starting":
+            cluster.publish(["n1", "n2"])
+            assert cluster.submit_accepted("n1").status != REJECTED     # the ring came: submits go in
+            cluster.publish([])

@@ -98,6 +98,11 @@ def is_resent(task: Task) -> bool:
     return bool(task.meta and task.meta.get("resent"))
 
 
+EMPTY_RING = ("the ring has no member yet (the cluster is starting, or every node left it: `miyaq ring` "
+              "shows it); submit again shortly")
+"""Why a submit is refused ``unavailable`` while this node's ring has no
+member: no leader published one yet, or each node left (``miyaq leave``)."""
+
 MAX_JOINED = 64
 """Most submits of one id answered with the first one while it waits for its
 replicas (a client resending it, or several clients); past it, ``busy``."""
@@ -185,7 +190,8 @@ class ReplicatedIntake(LateCopies, ReplicaAnswers):
             return
         holders = role.holders_for(task)
         if not holders:
-            self.ack(identity, [task.id, REJECTED, Unavailable("the ring is empty").to_wire()])
+            # No ring published yet, or one every node left: said so, with where to look.
+            self.ack(identity, [task.id, REJECTED, Unavailable(EMPTY_RING).to_wire()])
             return
         task.holders = tuple(holders)
         record = copy_record(task)     # before place(): each holder adds its own offset
