@@ -156,3 +156,14 @@ def test_scripted_session_expiry_and_wishes(inproc):
     assert cluster["n1"].role.view.members["n2"].weight == 3.0 and cluster["n3"].role.view.epoch == epoch
     with pytest.raises(ConfigError):
         cluster.script.view(["n1", "nobody"])
+
+
+def test_submit_accepted_passes_a_tasks_timeout_as_its_lease(inproc):
+    """Fault (the kit's, found in review): ``submit_accepted(via, id,
+    timeout=60)`` took ``timeout`` as its own wait, and the task went with
+    the node's default lease -- a test meaning a long lease got a short one
+    and no error. The wait is ``wait=`` now; ``timeout`` is the task's."""
+    cluster = inproc(2, replicas=2, default_timeout=5.0)
+    sub = cluster.submit_accepted("n1", timeout=77.0, wait=30.0)
+    for node_id in cluster.holders(sub.task_id):
+        assert cluster[node_id].task(sub.task_id).timeout == 77.0

@@ -276,11 +276,13 @@ class InProcessCluster:
         handle.wake()
         return sub
 
-    def submit_accepted(self, via: str, task_id: str | None = None, timeout: float = 30.0,
+    def submit_accepted(self, via: str, task_id: str | None = None, *, wait: float = 30.0,
                         **fields: Any) -> Submission:
         """Submit as :meth:`submit` does and wait until it is accepted
-        (:meth:`accepted`: a refusal ``unavailable`` is sent again)."""
-        return self.accepted([self.submit(via, task_id, **fields)], timeout)[0]
+        (:meth:`accepted`: a refusal ``unavailable`` is sent again), at most
+        ``wait`` real seconds. ``fields`` are the task's, ``timeout`` (its
+        lease) among them."""
+        return self.accepted([self.submit(via, task_id, **fields)], wait)[0]
 
     def accepted(self, subs: list[Submission], timeout: float = 30.0) -> list[Submission]:
         """Wait for every answer to ``subs`` (made by :meth:`submit`), sending
