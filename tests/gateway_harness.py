@@ -159,6 +159,16 @@ class Http:
         self.conn.close()
 
 
+def metrics_text(base_url: str) -> str:
+    """``GET /metrics`` on a connection of its own (closed after), as text:
+    for a test whose other connections the node may have given up on."""
+    api = Http(base_url)
+    try:
+        return api.get("/metrics")[1].decode()
+    finally:
+        api.close()
+
+
 def write_tokens(path: Any, text: str) -> None:
     """Write an ``http_tokens`` file (owner-only, as the node wants it)."""
     import os

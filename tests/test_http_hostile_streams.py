@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from gateway_harness import FIXTURES, WAIT, Http, read_all
+from gateway_harness import FIXTURES, WAIT, Http, metrics_text, read_all
 from gateway_harness import connect_from as connect
 from miyaq.testing.harness import wait_for
 
@@ -93,12 +93,7 @@ def test_a_client_that_never_reads_its_answers_loses_its_connection(make_http_no
         return read_all(sock).startswith(b"HTTP/1.1 200")
 
     wait_for(served_again, timeout=WAIT, interval=0.2, what="127.0.0.2 served again")
-    other = Http(node.url)
-    try:
-        metrics = other.get("/metrics")[1].decode()
-    finally:
-        other.close()
-    assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics
+    assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics_text(node.url)
 
 
 def test_expect_100_continue_answered_without_its_body_gets_no_stray_100(make_http_node, sockets):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, metrics_text, wait_for
 from gateway_harness import connect_from as connect
 from miyaq.gateway.conn_io import SEND_LOWAT
 
@@ -104,9 +104,4 @@ def test_a_connection_given_up_on_does_not_keep_its_answer_in_the_kernel(make_ht
     hoarder = ask_and_never_read(node, sockets)
     wait_for(lambda: node_side(node, hoarder) is not None, what="the node's side of the connection")
     wait_for(lambda: node_side(node, hoarder) is None, what="the node's socket of the connection to end")
-    metrics = Http(node.url)
-    try:
-        text = metrics.get("/metrics")[1].decode()
-    finally:
-        metrics.close()
-    assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in text
+    assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics_text(node.url)
