@@ -131,6 +131,39 @@ def test_a_release_given_a_refusal_is_refused_when_the_write_fails_and_never_rel
     node.writer.close()
 
 
+def test_every_release_given_a_refusal_is_refused_when_the_write_fails_even_after_one_that_raises(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """Fault: the write fails (ENOSPC) while several answers given a
+    ``refuse`` wait for it (REPLICATEs from three peers), between releases
+    given none, and the first refusal raises (a bug). Each of the others is
+    refused once, in order, and the plain releases wait for the recovery
+    (mutation, review37: refusing only the first one refused passed every
+    test -- the later askers heard silence until their deadline)."""
+    node = Node(tmp_path)
+    disk = FailingDisk(monkeypatch, str(tmp_path), errno.ENOSPC, ops=("write",))
+    disk.failing = True
+    refused: list[str] = []
+
+    def broken(why: str) -> None:
+        raise RuntimeError("a bug in a refusal")
+
+    node.put("plain-1", 1)
+    for asker, refuse in (("a", broken), ("b", lambda why: refused.append(f"b: {why}")),
+                          ("c", lambda why: refused.append(f"c: {why}"))):
+        node.writer.add({"k": asker, "v": 0})
+        node.writer.after_written(lambda: node.acked.append("released"), refuse)
+        node.put(f"plain-{asker}", 2)
+    with caplog.at_level(logging.ERROR, logger="miyaq.store.log.writer"):
+        assert node.writer.write_pending() is False
+    cause = os.strerror(errno.ENOSPC)
+    assert refused == [f"b: {cause}", f"c: {cause}"] and node.acked == []
+    assert "refusing an answer held for the log failed" in caplog.text
+    disk.failing = False
+    assert node.writer.recover() is True
+    assert node.acked == ["plain-1", "plain-a", "plain-b", "plain-c"] and len(refused) == 2
+    node.writer.close()
+
+
 @pytest.mark.parametrize("op,code", [("write", errno.ENOSPC), ("fsync", errno.EIO)], ids=["write-ENOSPC", "fsync-EIO"])
 def test_disk_fault_refuses_serves_and_recovers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                 caplog: pytest.LogCaptureFixture, op: str, code: int) -> None:
