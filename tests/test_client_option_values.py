@@ -115,3 +115,80 @@ def test_a_nil_or_empty_queue_is_still_the_default_queue_in_the_node(queue):
     assert task_from_wire({"id": "t1", "name": "echo", "queue": queue}, 0.0, NodeConfig()).queue == "default"
     assert task_from_wire({"id": "t2", "name": "echo"}, 0.0, NodeConfig()).queue == "default"
     assert schedule_from_wire({"name": "s", "task": "echo", "every": 60, "queue": queue}).queue == "default"
+
+
+_NOW = 1_800_000_000.0
+_YEAR = 365 * 86400.0
+#: option -> [(value, taken by the node)]: each bound, just inside and just past it.
+BOUNDS: dict[str, list[tuple[Any, bool]]] = {
+    "countdown": [(0, True), (10 * _YEAR, True), (10 * _YEAR + 1, False), (-0.001, False)],
+    "ttl": [(0.001, True), (0.0009, False), (10 * _YEAR, True), (10 * _YEAR + 1, False)],
+    "backoff": [(0.0, True), (_YEAR, True), (_YEAR + 1, False), (-1, False)],
+    "backoff_max": [(0.0, True), (_YEAR, True), (_YEAR + 1, False), (-1, False), (True, False)],
+    "timeout": [(0.01, True), (0.0099, False), (_YEAR, True), (_YEAR + 1, False), (float("nan"), False)],
+    "offset": [(0.0, True), (_YEAR, True), (_YEAR + 1, False)],
+    "eta": [(0.0, True), (-1.0, False), (_NOW, True), (float("inf"), False)],
+    "priority": [(-(2**31), True), (2**31 - 1, True), (2**31, False), (-(2**31) - 1, False), (1.0, False)],
+    "max_retries": [(0, True), (10_000, True), (10_001, False), (-1, False)],
+    "replicas": [(1, True), (16, True), (17, False), (0, False)],
+    "queue": [("q" * 128, True), ("q" * 129, False), ("q\n", False), ("a b", False), ("a:b.c-d_e", True)],
+    "key": [("k" * 256, True), ("k" * 257, False), ("", False), (7, False)],
+    "at_most_once": [(True, True), (1, False)],
+}
+
+
+@pytest.mark.parametrize("option", sorted(BOUNDS))
+def test_the_callers_check_and_the_nodes_take_and_refuse_the_same_values_at_each_bound(option):
+    """Bad input: each option's value at its bounds, just past them, and of
+    the wrong type, checked by the caller (miyaq.client.option_values) and
+    by the node (miyaq.protocol.taskspec). A value the caller passed and the
+    node refused is a fire-and-forget task lost; one the caller refused and
+    the node takes, a submit refused for nothing (mutation, review37: five
+    bounds moved by one -- a key of 257 characters, a countdown of 11
+    years, a priority of 2**31, max_retries 10,001, no check of
+    backoff_max -- and a queue of 129 characters or ending in a newline
+    accepted on both sides, passed every test)."""
+    from miyaq.config import NodeConfig
+    from miyaq.client.option_values import check_option_values
+    from miyaq.protocol.taskspec import task_from_wire
+
+    config = NodeConfig()
+    for value, taken in BOUNDS[option]:
+        try:
+            task_from_wire({"id": "t", "name": "job", "body": b"", option: value}, _NOW, config)
+            node = True
+        except miyaq.InvalidField:
+            node = False
+        try:
+            check_option_values({option: value})
+            caller = True
+        except miyaq.InvalidField as err:
+            assert err.message.startswith(f"option '{option}'"), err.message
+            caller = False
+        assert (node, caller) == (taken, taken), (option, value)
+
+
+@pytest.mark.parametrize("task_id,taken", [("i" * 64, True), ("i" * 65, False), ("id\n", False), ("a:b.c-d_e", True)])
+def test_a_task_id_at_its_bounds(task_id, taken):
+    """Bad input: a task id of 64 and 65 characters, one ending in a newline
+    (``$`` would match before it: mutation, review37, passed every test)."""
+    from miyaq.protocol.task_names import check_id, is_id
+
+    assert is_id(task_id) is taken
+    if taken:
+        assert check_id(task_id) == task_id
+    else:
+        with pytest.raises(miyaq.InvalidField, match="field 'id' must be 1-64 characters"):
+            check_id(task_id)
+
+
+def test_the_queue_names_a_producer_remembers_are_bounded():
+    """Bad input: a producer submitting to 3,000 queues of distinct names
+    (one per user). The names it found good are remembered to spare their
+    check, at most MAX_QUEUES_SEEN of them (mutation, review37: never
+    emptying the set passed every test -- it grew with every name)."""
+    from miyaq.client import option_values
+
+    for i in range(3 * option_values.MAX_QUEUES_SEEN):
+        option_values.check_option_values({"queue": f"user-{i}"})
+    assert 0 < len(option_values._QUEUES_SEEN) <= option_values.MAX_QUEUES_SEEN
