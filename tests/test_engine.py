@@ -1036,6 +1036,32 @@ def test_dead_letters_dropped_for_good_hold_no_payload_where_they_are_still_refe
     check_consistent(engine)
 
 
+def test_webhook_dead_letters_evicted_or_purged_take_their_headers_out_of_max_bytes():
+    """Fault: webhook tasks with 64 KB of headers each fail their only
+    attempt and are dead-lettered; the oldest are evicted at ``max_dead``
+    and one is purged. What the table counts for them (``held_bytes``:
+    payload and headers) must go with each, as it came: counting out only
+    the payload left their headers in ``payload_bytes`` for good, and a node
+    refused busy (``max_bytes``) with nothing held (mutation, review37:
+    both passed every test, whose dead letters had no headers)."""
+    engine = make_engine(max_dead=2, max_bytes=1 << 20)
+    headers = {f"X-H-{k}": "v" * 1024 for k in range(64)}
+    consumer = FakeConsumer()
+    for i in range(5):
+        submit(engine, f"w{i}", name=None, url="https://example.com/hook", headers=headers, max_retries=0,
+               timeout=3600)
+        run(engine, ["@http/default"], consumer, T0)        # the webhook lane: the deliverer takes it
+        engine.fail(f"w{i}", 1, {"type": "E", "message": "no"}, False, None, T0)
+    assert list(engine.table.dead) == ["w3", "w4"]          # w0..w2 evicted
+    assert engine.table.payload_bytes == sum(held_bytes(t) for t in engine.table.dead.values()) > 2 * 64 * 1024
+    assert engine.dead_purge(None, ["w3"]) == 1
+    assert engine.table.payload_bytes == held_bytes(engine.table.dead["w4"])
+    assert engine.dead_purge(None, ["w4"]) == 1
+    assert engine.table.payload_bytes == 0
+    assert invariants.problems(engine) == []
+    check_consistent(engine)
+
+
 def test_counters_of_queues_made_up_by_producers_do_not_pile_up():
     """Bounded memory: producers use 1,000 queue names once each (a task
     submitted and finished in each). Once a node has seen more than 100
