@@ -372,8 +372,14 @@ def test_the_start_up_heap_is_frozen_and_still_freed_by_reference_counting() -> 
 
 def test_a_serving_node_freezes_its_heap_once_it_has_started(monkeypatch: pytest.MonkeyPatch) -> None:
     """``miyaq node`` (Node.serve_forever) freezes the heap after every part
-    started (the log replayed, the sockets bound), before it waits."""
+    started (the log replayed, the sockets bound), and pauses the collector
+    for the large bodies it decodes, before it waits -- recorded here, not
+    done: done in the test process, the pause stayed for every later test
+    in it (review37: test_decode_bounds' "not a node: decoded as ever"
+    failed when run after this test), and never calling it passed every
+    test (mutation, review37)."""
     from miyaq.node import node as node_module
+    from miyaq.protocol import codec
     from miyaq.runtime import heap
 
     calls: list[str] = []
@@ -389,8 +395,10 @@ def test_a_serving_node_freezes_its_heap_once_it_has_started(monkeypatch: pytest
             calls.append("start")
 
     monkeypatch.setattr(heap, "freeze_startup_heap", lambda: calls.append("freeze") or 1)
+    monkeypatch.setattr(codec, "pause_collector_from", lambda size: calls.append(f"pause from {size}"))
     node_module.Node.serve_forever(FakeNode())  # type: ignore[arg-type]
-    assert calls == ["start", "freeze", "wait"]
+    assert calls == ["start", "freeze", f"pause from {codec.NODE_PAUSE_FROM}", "wait"]
+    assert codec.PAUSE_FROM > codec.NODE_PAUSE_FROM        # the test process is no node
 
 
 def test_a_routers_reader_keeps_each_message_whole_when_messages_are_one_frame() -> None:
