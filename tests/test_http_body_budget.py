@@ -146,3 +146,25 @@ def test_http_body_budget_below_http_max_body_is_refused_at_start():
     from miyaq.errors import ConfigError
     with pytest.raises(ConfigError, match="http_body_budget .* must be at least http_max_body"):
         NodeConfig(http_max_body=BODY, http_body_budget=BODY - 1)
+
+
+@pytest.mark.parametrize("length", ["100", ""], ids=["content-length", "chunked"])
+def test_a_body_counts_what_it_holds_once_read_and_nothing_once_released_twice(length):
+    """A body of 100 bytes, read (with a Content-Length, or chunked: read to
+    its end), counts its 100 bytes while its request is handled -- not the
+    64 KiB step it was read by (kept, 4,096 small bodies of long-polls
+    would hold the default budget) -- and nothing once released, however
+    often (mutation, review37: keeping the whole step, or giving it back at
+    each release, passed every test)."""
+    import io
+
+    from miyaq.gateway.request import BodyBudget, Request
+
+    budget = BodyBudget(1 << 20)
+    environ = {"REQUEST_METHOD": "POST", "CONTENT_LENGTH": length, "wsgi.input": io.BytesIO(b"x" * 100)}
+    request = Request(environ, BODY, budget)
+    assert request.body() == b"x" * 100
+    assert budget.held == 100
+    request.release()
+    request.release()
+    assert budget.held == 0
