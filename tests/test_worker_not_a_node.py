@@ -214,3 +214,39 @@ def _watching(http_like, caplog, monkeypatch) -> tuple[str, Callable[[], list[st
                 and r.levelno >= logging.WARNING]
 
     return f"tcp://127.0.0.1:{http_like.port}", said
+
+
+def test_closes_within_peer_gone_stay_the_named_peers_and_a_specific_failure_is_said_once_it_is_late(
+        monkeypatch, caplog) -> None:
+    """Fault: the peer named not a node closes its connections more than
+    ``PEER_CLOSES`` times, each read apart (past ``VAGUE_GAP``) but all
+    within ``PEER_GONE`` of the first: still its closes, nothing said. A
+    specific failure (a key refused) read within ``SAME_PEER`` of its bytes
+    is its too; read later, it is something else's, and said (mutation,
+    review37: never noting when the closes began, or reading ``SAME_PEER``
+    the wrong way round, passed every test). (The clock is the test's.)"""
+    from types import SimpleNamespace
+
+    from miyaq.runtime.connections import CLOSED_IN_HANDSHAKE, KEY_REFUSED
+
+    clock = [100.0]
+    monkeypatch.setattr(link_watch, "monotonic", lambda: clock[0])
+    link = SimpleNamespace(endpoint="tcp://127.0.0.1:9", factory=SimpleNamespace(security=None))
+    watch = link_watch.LinkWatch(link)     # type: ignore[arg-type]
+    gap = 2 * link_watch.VAGUE_GAP
+    closes = 2 * link_watch.PEER_CLOSES
+    assert closes * gap < link_watch.PEER_GONE
+    with caplog.at_level(logging.WARNING, logger="miyaq.worker.link"):
+        watch.not_a_node([b"HTTP/1.1 400 Bad Request"], clock[0])
+        for _ in range(closes):
+            clock[0] += gap
+            watch.handshake_failed(CLOSED_IN_HANDSHAKE)
+        watch.handshake_failed(KEY_REFUSED)        # within SAME_PEER of its bytes
+        assert not [r for r in caplog.records if r.getMessage().startswith("cannot connect to node") and
+                    "not a miyaq node" not in r.getMessage()], caplog.text
+        assert watch._not_a_node is not None
+        clock[0] += link_watch.SAME_PEER
+        watch.handshake_failed(KEY_REFUSED)
+    assert watch._not_a_node is None
+    said = [r.getMessage() for r in caplog.records if "not a miyaq node" not in r.getMessage()]
+    assert len(said) == 1 and said[0].startswith("cannot connect to node tcp://127.0.0.1:9"), said
