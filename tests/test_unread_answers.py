@@ -715,6 +715,33 @@ def test_a_connection_refused_its_fair_share_is_served_again_once_the_pressure_i
     assert unread.total == unread.unread(b"far") == 800_000
 
 
+def test_refusals_to_a_connection_past_its_fair_share_stop_at_their_own_budget() -> None:
+    """Fault: under pressure (all connections together owe more than half
+    the total) a connection that owes more than its fair share, though far
+    under its own budget, keeps asking and reads nothing. Its requests are
+    refused, and the refusals (ERRORs) are bounded as past its own budget:
+    ``refusals`` bytes of them, then none until it reads (mutation,
+    review37: bounding them only past its own budget -- up to 4 MiB more
+    each here, 32 MiB by default -- passed every test)."""
+    sockets, clock = Sockets(), Clock()
+    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=16 * MiB, clock=clock,
+                           refusals=10_000)
+    sockets.unsent[5] = 4096
+    unread.asked(b"far", 5)
+    for _ in range(3):
+        assert unread.may_send(b"far", 200_000) and unread.asked(b"far", 5)    # 600 KB, under its budget
+    for i in range(4):
+        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, MiB, 8)
+    assert not unread.may_send(b"far", 200_000)             # past its fair share: the pressure is on
+    sent = []
+    for _ in range(200):
+        assert unread.asked(b"far", 5) is False
+        unread.refusal(b"far")
+        sent.append(unread.may_send_error(b"far", 100))
+    assert sent == [True] * 100 + [False] * 100
+    assert unread.unread(b"far") == 600_000 + 100 * 100
+
+
 def test_connections_that_never_read_cannot_starve_a_reading_client_over_real_sockets(make_node, client_for,
                                                                                        ctx) -> None:
     """Fault: eight connections each ask 30 times for a 100 KB RESULT (an
