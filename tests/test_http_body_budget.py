@@ -11,7 +11,7 @@ import socket
 
 import pytest
 
-from gateway_harness import FIXTURES, read_all
+from gateway_harness import FIXTURES, metrics_text, read_all
 from gateway_harness import connect_from as connect
 from gateway_harness import wait_for
 
@@ -71,6 +71,8 @@ def test_bodies_past_http_body_budget_from_slow_clients_are_refused_503_unread(m
         assert b"retry-after:" in rest.lower()
         error = json.loads(rest.partition(b"\r\n\r\n")[2])["error"]
         assert error["code"] == "busy" and "http_body_budget" in error["message"], error
+        # An operator sees why (the audit review37: the refusal was counted where nothing showed it).
+        assert 'miyaq_http_refused_total{reason="body_budget"} 1.0' in metrics_text(node.url)
         stalled[0].close()                 # the client leaves mid-body: its bytes are given back
         wait_for(lambda: held(node) == BUDGET - BODY, "the departed body given back")
         whole = connect(node, "127.0.0.10", opened)

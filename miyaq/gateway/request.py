@@ -30,7 +30,7 @@ import codecs
 import json
 import math
 import re
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import parse_qs, parse_qsl
 
 from miyaq.constants import MAX_FORM_FIELDS
@@ -96,16 +96,16 @@ class BodyBudget:
 
     __slots__ = ("limit", "held", "refused")
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, refused: Callable[[str], None] = lambda reason: None) -> None:
         self.limit = limit
         self.held = 0
-        self.refused = 0
+        self.refused = refused     # told "body_budget" at each refusal (the gateway's miyaq_http_refused_total)
 
     def take(self, size: int) -> None:
         """Count ``size`` more bytes, or raise :class:`~miyaq.errors.Busy`
         (nothing counted) when they would pass the limit."""
         if self.held + size > self.limit:
-            self.refused += 1
+            self.refused("body_budget")
             raise Busy(f"the gateway is reading and handling {self.held:,} bytes of request bodies; this body of "
                        f"{size:,} would pass its http_body_budget of {self.limit:,} (--http-body-budget): "
                        "retry shortly")

@@ -88,7 +88,8 @@ class Gateway:
         self.host = gateway_host(config)
         self.port = config.http_port
         self.max_body = config.http_max_body
-        self.bodies = BodyBudget(config.http_body_budget)     # the request bodies read and held at once
+        # The request bodies read and held at once; a refusal counted as a refused request.
+        self.bodies = BodyBudget(config.http_body_budget, metrics.http_refused)
         self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.auth.tokens.on_revoked.append(self.tokens_revoked)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
