@@ -305,3 +305,30 @@ def test_a_submit_read_after_a_freeze_is_refused_whichever_loop_wakes_first(inpr
     assert "was frozen" not in caplog.text
     assert cluster.net.messages("SYNC", src="n1") == resyncs
     assert "catching up" in role.not_coordinating()
+
+
+def test_a_second_freeze_just_after_the_first_was_noticed_is_noticed_too(inproc, caplog):
+    """Fault: the process is frozen past ``STALL``, the ticker's round notices
+    it, and the process is frozen again past ``STALL`` before either loop
+    runs again (SIGSTOP twice in a row, a VM paused again as it resumed).
+    Each loop's gap then began before the first notice: taken for the same
+    freeze, the second was said by nobody -- no resync, and the node
+    dispatched on what the peers said before it (review38). A gap that also
+    holds more than ``STALL`` since the last notice is a freeze of its own."""
+    cluster = inproc(3, replicas=2)
+    cluster.settle(0.3)
+    role = cluster["n1"].role
+    clock.advance(STALL + 0.5)
+    role.ticker.round(monotonic())        # the first freeze, noticed
+    assert "catching up" in role.not_coordinating()
+    resyncs = cluster.net.messages("SYNC", src="n1")
+    clock.advance(STALL + 0.5)            # frozen again before either loop ran
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="miyaq.cluster.role"):
+        role.ticker.round(monotonic())
+    assert "was frozen" in caplog.text
+    assert len(cluster.net.messages("SYNC", src="n1")) > len(resyncs)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="miyaq.cluster.role"):
+        role.stalled(2 * STALL + 1.1)     # the housekeeping's pass: both freezes in one gap, both said already
+    assert "was frozen" not in caplog.text

@@ -201,10 +201,14 @@ class ClusterRole:
         other holders may have taken over its tasks meanwhile. Hold
         dispatching until every peer's state was fetched again (or 10 s).
         Both the housekeeping's pass and the cluster ticker's round notice a
-        freeze; the second to say so of the same freeze (one that began
-        before the first was noticed) changes nothing."""
+        freeze; the second to say so of the same freeze (a gap that began
+        before the first was noticed, and holds at most ``STALL`` since)
+        changes nothing. A gap that holds more than ``STALL`` after the
+        first notice holds a freeze of its own (frozen again before either
+        loop ran: before 2026-12-07's review it was taken for the first,
+        and said by nobody)."""
         mono = monotonic()
-        if mono - seconds < self._freeze_noticed:
+        if mono - seconds < self._freeze_noticed and mono - self._freeze_noticed <= STALL:
             return          # the same freeze, noticed by the other loop
         self._freeze_noticed = mono
         logger.warning("node %s was frozen for %.1fs; resyncing before it dispatches again",
