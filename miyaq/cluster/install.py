@@ -102,6 +102,14 @@ class CopyInstaller:
             elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
                 self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
+        if task.state == DEAD and table.was_purged(task.id):
+            # A dead letter purged here, and this copy is a stale one (a SYNC
+            # answer served before its source heard of the purge, a handoff, a
+            # late REPLICATE): not stored again (docs/cluster.md, "Purged dead
+            # letters stay purged"). Only a dead copy: a waiting one is a task
+            # submitted again with the same id. Before 2026-12-07 a purge just
+            # after a holder's restart came back on every holder from the resyncs.
+            return True
         if task.id in table.tombstones:     # (no Tombstone built only to be dropped)
             # Over already: not stored. If this node heard the end first (no
             # copy then), the copy is counted now, as a stored one would be;

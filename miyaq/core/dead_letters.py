@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 from miyaq.core.transitions import Transitions
+from miyaq.runtime import wall
 from miyaq.store.task import DEAD, count_revival
 from miyaq.store.task_bytes import let_go
 
@@ -42,7 +43,12 @@ class DeadLetters(Transitions):
     def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None,
                    between: Callable[[], None] = lambda: None) -> int:
         """Drop dead tasks for good (``ids``, or every one of ``queue``, or
-        all); how many. ``between`` as for :meth:`dead_retry`."""
+        all); how many. ``between`` as for :meth:`dead_retry`. Each id purged
+        is remembered (:meth:`~miyaq.store.table.TaskTable.mark_purged`,
+        bounded as the tombstones are), so a stale dead copy of it -- a SYNC
+        answer served before another holder heard of the purge, a handoff,
+        a late REPLICATE -- is not stored again (docs/cluster.md, "Purged
+        dead letters stay purged")."""
         victims = list(ids) if ids is not None else [t.id for t in self.table.iter_dead(queue)]
         n = 0
         for task_id in victims:
@@ -51,6 +57,7 @@ class DeadLetters(Transitions):
             if task is None:
                 continue
             self._count(task.queue)[DEAD] -= 1
+            self.table.mark_purged(task_id, wall())     # before the listeners: the log writes when
             for listener in self.listeners:
                 listener.task_purged(task)
             # Gone for good: a stale lease-timer entry (dropped lazily) may

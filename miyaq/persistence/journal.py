@@ -161,7 +161,11 @@ class Persistence(EngineListener):
         self._add({"o": "V", "id": task.id, "revived": revivals(task)})
 
     def task_purged(self, task: Task) -> None:
-        self._add({"o": "P", "id": task.id})
+        # "at" (since 2026-12-07; a replay of an older build ignores it): when,
+        # so a replay remembers the purge for tombstone_ttl as the node did
+        # (TaskTable.mark_purged). Dead letters evicted or handed off are not marked.
+        when = self.engine.table.purged.get(task.id)
+        self._add({"o": "P", "id": task.id} if when is None else {"o": "P", "id": task.id, "at": when})
 
     def dead_evicted(self, task: Task) -> None:
         self._add({"o": "P", "id": task.id})      # else a restart brings it back past max_dead
@@ -203,13 +207,18 @@ class Persistence(EngineListener):
         function: a generator's body would copy at its first read, not here."""
         tasks, stones = self.engine.table.snapshot()
         ahead, kept = self.engine.cancels_ahead.marked()
-        ends = frozenset(self.engine.table.ends_ahead)
+        table = self.engine.table
+        ends = frozenset(table.ends_ahead)
+        # Dead letters purged (TaskTable.mark_purged) whose id is not used
+        # again: a P record each, with when, after everything else.
+        purged = [{"o": "P", "id": i, "at": at} for i, at in table.purged.items()
+                  if i not in table.live and i not in table.dead and i not in table.tombstones]
         records: Iterator[dict[str, Any]] = map(stone_record, stones)
         if kept:
             records = (_kept(r, r["id"] in ahead) if r["id"] in kept else r for r in records)
         if ends:
             records = (_end_ahead(r) if r["id"] in ends else r for r in records)
-        return itertools.chain(map(task_record, tasks), records)
+        return itertools.chain(map(task_record, tasks), records, purged)
 
     def close(self) -> None:
         self.writer.close()

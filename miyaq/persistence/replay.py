@@ -99,6 +99,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             continue
         if op == "A":
             table.drop_tombstone(task_id)      # the id used again: its older end is not the task's
+            table.forget_purged(task_id)
             tasks.pop(task_id, None)
             tasks[task_id] = accepted
             continue
@@ -113,6 +114,10 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             else:
                 engine.restore_tombstone(r, now)
             continue
+        if op == "P":
+            at = r.get("at")        # a purge of a dead letter (since 2026-12-07): remembered for tombstone_ttl
+            if type(at) in (int, float) and now - too_old < at <= now and task_id not in table.tombstones:
+                table.mark_purged(task_id, at)
         task = tasks.get(task_id)
         if task is None:
             continue

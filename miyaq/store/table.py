@@ -132,6 +132,11 @@ class TaskTable:
         #: Ends ahead refused because the table held ``max_ends_ahead`` of
         #: them (counted by the caller: STATUS ``tombstones_apart``).
         self.ends_ahead_refused = 0
+        #: Ids of the dead letters purged here (:meth:`mark_purged`), with
+        #: when (wall clock), oldest first: a stale dead copy of one (a SYNC
+        #: answer, a handoff, a late REPLICATE) is not stored again. At most
+        #: ``max_tombstones``, each for ``tombstone_ttl`` (:meth:`sweep`).
+        self.purged: OrderedDict[str, float] = OrderedDict()
         self.max_tombstones = max_tombstones     # sets _stone_cap too
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
@@ -296,8 +301,15 @@ class TaskTable:
         return Collector.untracking
 
     def sweep(self, now: float, limit: int = 10_000) -> int:
-        """Drop tombstones older than the ttl (oldest first). Returns how many."""
+        """Drop tombstones older than the ttl (oldest first), and the marks of
+        dead letters purged longer ago than that (:meth:`mark_purged`, up to
+        ``limit`` of them too). Returns how many tombstones."""
         cutoff = now - self.tombstone_ttl
+        purged = self.purged
+        n = 0
+        while purged and n < limit and next(iter(purged.values())) <= cutoff:
+            purged.popitem(last=False)
+            n += 1
         dropped = 0
         while dropped < limit:
             stone = self.tombstones.oldest()
@@ -370,6 +382,28 @@ class TaskTable:
             if task.key is not None and self.keys.get(task.key) == task.id:
                 del self.keys[task.key]
         return task
+
+    def mark_purged(self, task_id: str, when: float) -> None:
+        """Remember that the dead letter ``task_id`` was purged at ``when``
+        (wall clock), so a stale dead copy of it is not stored again
+        (:meth:`was_purged`; docs/cluster.md, "Purged dead letters stay
+        purged"). Bounded as the tombstones are: at most ``max_tombstones``
+        (the oldest forgotten first: its id is then as unknown as before
+        2026-12-07) and for ``tombstone_ttl`` (:meth:`sweep`)."""
+        purged = self.purged
+        purged.pop(task_id, None)
+        purged[task_id] = when
+        while len(purged) > max(self._max_tombstones, 1):
+            purged.popitem(last=False)
+
+    def was_purged(self, task_id: str) -> bool:
+        """Whether ``task_id`` is a dead letter purged here (:meth:`mark_purged`)."""
+        return task_id in self.purged if self.purged else False
+
+    def forget_purged(self, task_id: str) -> None:
+        """``task_id`` is no purged dead letter any more (its id used again)."""
+        if self.purged:
+            self.purged.pop(task_id, None)
 
     def revive(self, task_id: str) -> Task | None:
         task = self.dead.pop(task_id, None)
