@@ -1,0 +1,83 @@
+"""Dead letters purged at one holder of a cluster stay purged on every
+holder, though a copy of them served before the purge is still on its way
+(docs/cluster.md, "Purged dead letters stay purged"): a SYNC answer of a
+restarted holder's resync, and the same after a restart of the holder that
+heard the purge (its log's ``P`` records say when). In-process
+(miyaq.testing.inprocess), with a log on every node."""
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.timeout(90)
+
+NODES = ("n1", "n2", "n3")
+
+
+def _dead_letters(cluster, n: int) -> list[str]:
+    """``n`` tasks led by n1, dead-lettered on every holder."""
+    ids = [cluster.task_led_by("n1") for _ in range(n)]
+    for task_id in ids:
+        cluster.submit_accepted("n1", task_id, body=b"x")
+    worker = cluster.worker("n1")
+    for task_id in ids:
+        cluster.wait_until(lambda: worker.runs(task_id), what=f"{task_id} to run")
+        worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
+    cluster.wait_until(lambda: all(t in cluster[n].engine.table.dead for n in NODES for t in ids),
+                       what="every holder to dead-letter them")
+    return ids
+
+
+def _holding(cluster, ids: list[str]) -> dict[str, list[str]]:
+    found = {n: [t for t in ids if t in cluster[n].engine.table.dead or t in cluster[n].engine.table.live]
+             for n in cluster.nodes}
+    return {n: held for n, held in found.items() if held}
+
+
+def test_dead_letters_purged_just_after_a_holders_restart_do_not_come_back_from_its_resync(inproc, tmp_path):
+    """Fault (review38): a purge left nothing behind, so a copy served
+    before it -- here the SYNC answers of n2's resync after its restart
+    from its log, served by n1 and n3 before n1 purged -- installed the dead
+    letters again on n2 after its ``P`` events had dropped them (and, from
+    n2's answers to the others' resyncs, on every holder). The answers are
+    held until every holder has let the purged tasks go, then delivered:
+    none of the tasks comes back."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    ids = _dead_letters(cluster, 4)
+    cluster.stop_node("n2")
+    served = cluster.net.hold("ANSWER", dst="n2", answering="SYNC")
+    cluster.start_node("n2")
+    cluster.wait_until(lambda: {m.src for m in served.held} >= {"n1", "n3"},
+                       what="n1's and n3's answers to n2's resync, served")
+    assert all(t in cluster["n2"].engine.table.dead for t in ids)     # restored from its log
+    done = cluster["n2"].role.resync.completed
+    assert cluster["n1"].engine.dead_purge(None, ids) == len(ids)
+    cluster.wait_until(lambda: not _holding(cluster, ids), what="every holder to let the purged tasks go")
+    served.release()
+    cluster.wait_until(lambda: cluster["n2"].role.resync.completed >= done + 2, what="n2's resyncs to end")
+    cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
+    assert _holding(cluster, ids) == {}
+    assert not cluster.crashes()
+
+
+def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_letters(inproc, tmp_path):
+    """Fault: the purge was not remembered across a restart. n2 misses n1's
+    purge (cut off); n3 hears it, restarts from its log, and resyncs from
+    n2, whose answer still holds the dead letters: n3 must not store them
+    again (its log's ``P`` records say when they were purged). n2's own
+    copies stay -- a purge whose ``P`` event was lost is not repaired
+    (docs/cluster.md)."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    ids = _dead_letters(cluster, 3)
+    cluster.net.cut("n2")
+    assert cluster["n1"].engine.dead_purge(None, ids) == len(ids)
+    cluster.wait_until(lambda: set(_holding(cluster, ids)) == {"n2"}, what="n1 and n3 to let the tasks go")
+    cluster.stop_node("n3")
+    answers = cluster.net.messages("ANSWER", src="n2", dst="n3", answering="SYNC")
+    cluster.net.heal("n2")
+    cluster.start_node("n3")
+    cluster.wait_until(lambda: any(ids[0] in m.task_ids() for m in cluster.net.messages(
+        "ANSWER", src="n2", dst="n3", answering="SYNC")[len(answers):] if m.fate == "delivered"),
+        what="n2's answer to n3's resync, with the dead letters")
+    cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
+    assert set(_holding(cluster, ids)) == {"n2"}
+    assert not cluster.crashes()
