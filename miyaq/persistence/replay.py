@@ -116,8 +116,9 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             continue
         if op == "P":
             at = r.get("at")        # a purge of a dead letter (since 2026-12-07): remembered for tombstone_ttl
-            if type(at) in (int, float) and now - too_old < at <= now and task_id not in table.tombstones:
-                table.mark_purged(task_id, at)
+            if isinstance(at, (int, float)) and not isinstance(at, bool) and now - too_old < at <= now \
+                    and task_id not in table.tombstones:
+                table.mark_purged(task_id, float(at))
         task = tasks.get(task_id)
         if task is None:
             continue
