@@ -49,6 +49,7 @@ def test_dead_letters_purged_just_after_a_holders_restart_do_not_come_back_from_
     cluster.wait_until(lambda: {m.src for m in served.held} >= {"n1", "n3"},
                        what="n1's and n3's answers to n2's resync, served")
     assert all(t in cluster["n2"].engine.table.dead for t in ids)     # restored from its log
+    assert set(ids) <= set().union(*(m.task_ids() for m in served.held))      # the answers carry them
     done = cluster["n2"].role.resync.completed
     assert cluster["n1"].engine.dead_purge(None, ids) == len(ids)
     cluster.wait_until(lambda: not _holding(cluster, ids), what="every holder to let the purged tasks go")
