@@ -58,3 +58,19 @@ def test_a_purge_is_remembered_across_a_restart_and_a_compaction_for_the_tombsto
     engine.table.sweep(t0 + 61)
     assert not engine.table.was_purged(task.id) and not [r for r in part.snapshot() if r.get("o") == "P"]
     part.close()
+
+
+def test_an_id_submitted_again_after_its_purge_is_no_purged_dead_letter_any_more():
+    """Fault (the lead's review of the purge marks): an id purged and then
+    submitted again stayed marked in memory until the mark expired, so a
+    dead copy of the new task from a peer (a holder that missed it) would
+    have been dropped as a stale copy of the old one. A task stored under
+    the id clears its mark, as an ``A`` record does at replay."""
+    from miyaq.store.table import TaskTable
+    from miyaq.store.task import Task
+
+    table = TaskTable(max_tombstones=100, tombstone_ttl=3600.0, max_dead=100)
+    table.mark_purged("again", 1_700_000_000.0)
+    assert table.was_purged("again")
+    table.add(Task("again", "default", "job", b""))
+    assert not table.was_purged("again")

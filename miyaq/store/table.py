@@ -165,6 +165,8 @@ class TaskTable:
         self.payload_bytes += held_bytes(task)
         if task.key is not None:
             self.keys[task.key] = task.id
+        if self.purged:
+            self.purged.pop(task.id, None)      # the id used again: no purged dead letter any more
 
     def remove(self, task: Task) -> None:
         """Take a live or dead task out of the table (no tombstone)."""
