@@ -87,7 +87,8 @@ def test_a_flood_of_ends_of_unknown_ids_leaves_finished_tasks_their_tombstones(i
     command, status = _ask(cluster, "n1", c.STATUS, {})
     assert command == c.REPLY and status["tombstones_apart"] == {
         "cancels_ahead": 0, "max_cancels_ahead": 50, "cancels_ahead_refused": 0,
-        "ends_ahead": 50, "max_ends_ahead": 50, "ends_ahead_refused": 150}
+        "ends_ahead": 50, "max_ends_ahead": 50, "ends_ahead_refused": 150,
+        "purged": 0, "max_purged": table.max_tombstones}
     tid, key = tasks[0]
     command, result = _ask(cluster, "n1", c.RESULT, {"id": tid, "timeout": 0})
     assert command == c.REPLY and result["state"] == DONE, result

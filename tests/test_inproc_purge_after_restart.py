@@ -6,6 +6,8 @@ heard the purge (its log's ``P`` records say when). In-process
 (miyaq.testing.inprocess), with a log on every node."""
 from __future__ import annotations
 
+from miyaq.core.cancels_ahead import tombstones_apart
+
 import pytest
 
 pytestmark = pytest.mark.timeout(90)
@@ -58,6 +60,8 @@ def test_dead_letters_purged_just_after_a_holders_restart_do_not_come_back_from_
     cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
     assert _holding(cluster, ids) == {}
     assert not cluster.crashes()
+    for node in NODES:          # each holder remembers the ids, and STATUS shows how many
+        assert tombstones_apart(cluster[node].engine)["purged"] == len(ids), node
 
 
 def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_letters(inproc, tmp_path):

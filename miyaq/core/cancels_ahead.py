@@ -197,9 +197,12 @@ class CancelsAhead:
 def tombstones_apart(engine: Engine) -> dict[str, int]:
     """STATUS ``tombstones_apart``: the tombstones a node counts apart from
     ``max_tombstones``, their bounds and the refusals past them -- cancels
-    kept ahead of their copy (this module) and ends heard ahead of their
-    copy (:mod:`miyaq.cluster.ends_ahead`)."""
+    kept ahead of their copy (this module), ends heard ahead of their
+    copy (:mod:`miyaq.cluster.ends_ahead`) and the marks of dead letters
+    purged (:meth:`~miyaq.store.table.TaskTable.mark_purged`: at most
+    ``max_tombstones``, the oldest forgotten past it)."""
     table = engine.table
     return {"cancels_ahead": len(table.ahead), "max_cancels_ahead": table.max_ahead,
             "cancels_ahead_refused": engine.cancels_ahead.refused, "ends_ahead": len(table.ends_ahead),
-            "max_ends_ahead": table.max_ends_ahead, "ends_ahead_refused": table.ends_ahead_refused}
+            "max_ends_ahead": table.max_ends_ahead, "ends_ahead_refused": table.ends_ahead_refused,
+            "purged": len(table.purged), "max_purged": table.max_tombstones}
