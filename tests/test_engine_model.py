@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,6 +77,14 @@ CONFIG = dict(max_tasks=12, max_dead=3, max_tombstones=8, result_ttl=20.0, dedup
               max_bytes=11 * len(BODY), max_payload=64)
 KEEP = max(CONFIG["result_ttl"], CONFIG["dedup_window"])     # how long a tombstone is kept
 FAR_QUEUES = 101      # the engine forgets empty queues once it holds more than 100
+
+
+TASK_OPTIONS = st.fixed_dictionaries({
+    "queue": st.sampled_from(QUEUES), "priority": st.integers(-1, 2),
+    "countdown": st.sampled_from([None, None, 0.0, 0.5, 1.0, 3.0, 40.0, 300.0]),
+    "ttl": st.sampled_from([None, None, 0.5, 2.0, 5.0, 60.0]), "key": st.sampled_from([None, None, *KEYS]),
+    "max_retries": st.integers(0, 2), "timeout": st.sampled_from([1.0, 4.0, 30.0]),
+    "backoff": st.sampled_from([0.0, 0.5, 2.0]), "at_most_once": st.sampled_from([False, False, False, True])})
 
 
 @dataclass
@@ -151,6 +160,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.known: list[str] = []                  # every id submitted, for rules that pick one
         self.cancelled: set[str] = set()            # ids cancelled while live, not submitted again since
         self.far_done = False
+        self.far = 0        # tasks of made-up queues (many_queues)
         self.counter = 0
 
     # -- the model's moves ---------------------------------------------------------------
@@ -244,28 +254,20 @@ class EngineMachine(RuleBasedStateMachine):
     def start_clock(self) -> None:
         self.engine.fire_due(self.now)
 
-    @rule(data=st.data(), queue=st.sampled_from(QUEUES), priority=st.integers(-1, 2),
-          countdown=st.sampled_from([None, None, 0.0, 0.5, 1.0, 3.0, 40.0, 300.0]),
-          ttl=st.sampled_from([None, None, 0.5, 2.0, 5.0, 60.0]), key=st.sampled_from([None, None, *KEYS]),
-          max_retries=st.integers(0, 2), timeout=st.sampled_from([1.0, 4.0, 30.0]),
-          backoff=st.sampled_from([0.0, 0.5, 2.0]), at_most_once=st.booleans())
-    def submit(self, data: st.DataObject, queue: str, priority: int, countdown: float | None, ttl: float | None,
-               key: str | None, max_retries: int, timeout: float, backoff: float, at_most_once: bool) -> None:
-        if self.known and data.draw(st.integers(0, 9), label="again") == 0:
-            task_id = data.draw(st.sampled_from(self.known), label="known id")
-        else:
-            self.counter += 1
-            task_id = f"t{self.counter}"
-        wire: dict[str, Any] = {"id": task_id, "name": "n", "queue": queue, "priority": priority, "body": BODY,
-                                "max_retries": max_retries, "timeout": timeout, "backoff": backoff}
-        if countdown is not None:
-            wire["countdown"] = countdown
-        if ttl is not None:
-            wire["ttl"] = ttl
-        if key is not None:
-            wire["key"] = key
-        if at_most_once:
-            wire["at_most_once"] = True
+    @rule(data=st.data(), specs=st.lists(TASK_OPTIONS, min_size=1, max_size=4))
+    def submit(self, data: st.DataObject, specs: list[dict[str, Any]]) -> None:
+        """One to four submits, each a new id or (one in ten) one already used."""
+        for options in specs:
+            if self.known and data.draw(st.integers(0, 9), label="again") == 0:
+                task_id = data.draw(st.sampled_from(self.known), label="known id")
+            else:
+                self.counter += 1
+                task_id = f"t{self.counter}"
+            self.submit_one(task_id, {k: v for k, v in options.items() if v is not None and v is not False})
+
+    def submit_one(self, task_id: str, options: dict[str, Any]) -> None:
+        wire: dict[str, Any] = {"id": task_id, "name": "n", "body": BODY, **options}
+        queue, key = wire["queue"], wire.get("key")
         task = task_from_wire(wire, self.now, self.engine.config)
         size = held_bytes(task)
         # The model's answer (docs/semantics.md: idempotency by id, dedup by key, BUSY).
@@ -298,8 +300,8 @@ class EngineMachine(RuleBasedStateMachine):
         if task_id not in self.known:
             self.known.append(task_id)
         self.cancelled.discard(task_id)
-        m = Model(task_id, queue, priority, task.eta, task.expires, key, max_retries, timeout, backoff,
-                  at_most_once, size, seq=self.next_seq())
+        m = Model(task_id, queue, task.priority, task.eta, task.expires, key, task.max_retries, task.timeout,
+                  task.backoff, task.at_most_once, size, seq=self.next_seq())
         self.live[task_id] = m
         if key is not None:
             self.keys[key] = task_id
@@ -329,9 +331,35 @@ class EngineMachine(RuleBasedStateMachine):
         self.now += dt
 
     @rule(consumer=st.sampled_from(CONSUMERS),
-          queues=st.lists(st.sampled_from(QUEUES), min_size=1, max_size=3, unique=True))
-    def take(self, consumer: str, queues: list[str]) -> None:
-        """A consumer with credit asks for a task of ``queues`` (what the dispatcher does)."""
+          queues=st.lists(st.sampled_from(QUEUES), min_size=1, max_size=3, unique=True), credit=st.integers(1, 3))
+    def take(self, consumer: str, queues: list[str], credit: int) -> None:
+        """A consumer with ``credit`` asks for tasks of ``queues`` (what the dispatcher does)."""
+        for _ in range(credit):
+            self.take_one(consumer, queues)
+
+    @rule(consumer=st.sampled_from(CONSUMERS), queue=st.sampled_from(QUEUES),
+          end=st.sampled_from(["done", "retry", "reject", "keep"]), specs=st.lists(TASK_OPTIONS, max_size=2))
+    def work(self, consumer: str, queue: str, end: str, specs: list[dict[str, Any]]) -> None:
+        """A busy producer and worker in one step: submits, a take, and the
+        task's end at once (done, a retryable or a final failure) or later (keep)."""
+        for options in specs:
+            self.counter += 1
+            self.submit_one(f"t{self.counter}", {k: v for k, v in options.items() if v is not None and v is not False})
+        m = self.take_one(consumer, [queue])
+        if m is None or end == "keep":
+            return
+        if end == "done":
+            assert self.engine.complete(m.id, m.attempt, b"ok", self.now, by=consumer)
+            self.count("completed")
+            self.m_finish(m, DONE)
+        else:
+            assert self.engine.fail(m.id, m.attempt, {"type": "E", "message": "boom"}, end == "retry", None,
+                                    self.now, by=consumer)
+            self.count("failed")
+            m.consumer = None
+            self.m_retry_or_kill(m, end == "retry", None)
+
+    def take_one(self, consumer: str, queues: list[str]) -> Model | None:
         open_lanes = self.limits.open(queues, self.now)
         task = self.engine.take(open_lanes, self.now) if open_lanes else None
         # The model: the first ready task by (priority, ready order) of the unpaused queues;
@@ -348,7 +376,7 @@ class EngineMachine(RuleBasedStateMachine):
             task and task.id, first and (first.id, first.priority, first.seq), sorted(
                 (m.priority, m.seq, m.id) for m in self.live.values() if m.state == READY))
         if task is None or first is None:
-            return
+            return None
         assert task.eta <= self.now and not (task.expires and task.expires <= self.now), task
         assert task.id not in self.cancelled and task.queue not in self.paused
         self.engine.start(task, self.consumers[consumer], self.now)
@@ -357,6 +385,7 @@ class EngineMachine(RuleBasedStateMachine):
         first.attempt += 1
         first.lessees = (first.lessees + [(first.attempt, consumer)])[-LEASE_HISTORY:]
         first.lease_end = self.now + first.timeout
+        return first
 
     @precondition(lambda self: any(m.state == RUNNING for m in self.live.values()))
     @rule(data=st.data(), result=st.sampled_from([None, b"ok", b"x" * 40]))
@@ -464,6 +493,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert self.limits.resume(queue) == (queue in self.paused)
         self.paused.discard(queue)
 
+    @precondition(lambda self: bool(self.dead))
     @rule(data=st.data())
     def dead_retry(self, data: st.DataObject) -> None:
         ids = data.draw(st.lists(st.sampled_from([*self.known, "nobody"]), max_size=3, unique=True), label="ids")
@@ -476,6 +506,7 @@ class EngineMachine(RuleBasedStateMachine):
             m.attempt = 0
             self.m_ready(m)
 
+    @precondition(lambda self: bool(self.dead))
     @rule(data=st.data(), queue=st.sampled_from([None, *QUEUES]), by_id=st.booleans())
     def dead_purge(self, data: st.DataObject, queue: str | None, by_id: bool) -> None:
         if by_id:
@@ -517,6 +548,7 @@ class EngineMachine(RuleBasedStateMachine):
             m = Model(task.id, task.queue, 0, task.eta, 0.0, None, 0, 1.0, 0.0, False, held_bytes(task))
             self.m_finish(m, CANCELLED)
             self.cancelled.discard(task.id)    # not in self.known: never picked again
+            self.far += 1
         self.engine.compact_lanes()
         held = {m.queue for m in (*self.live.values(), *self.dead.values())}
         assert set(self.engine.counts) == held, (sorted(self.engine.counts), held)
@@ -563,6 +595,8 @@ class EngineMachine(RuleBasedStateMachine):
 
     def teardown(self) -> None:
         """Everything ended and swept: nothing held, no timer armed."""
+        SEEN.update(self.totals)
+        SEEN.subtract({"submitted": self.far, CANCELLED: self.far})     # the made-up queues' tasks
         try:
             engine = self.engine
             for task_id in list(engine.table.live):
@@ -583,6 +617,7 @@ class EngineMachine(RuleBasedStateMachine):
 
 
 STEPS_RUN = [0]      # steps checked (invariants run after every step), for the long run's figures
+SEEN: Counter[str] = Counter()     # outcomes over every example: the run went through the states it claims
 
 
 def test_the_engine_follows_its_model() -> None:
@@ -605,4 +640,4 @@ def test_the_engine_follows_its_model() -> None:
             break
     if SECONDS:
         print(f"engine model: {examples} examples, {STEPS_RUN[0]} steps, {time.monotonic() - began:.0f} s, "
-              f"seeds {first}..{first + batch_no - 1 if first is not None else 'random'}")
+              f"seeds {first}..{first + batch_no - 1 if first is not None else 'random'}; outcomes {dict(SEEN)}")
