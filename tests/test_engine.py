@@ -437,6 +437,66 @@ def test_a_consumer_that_gave_its_attempt_back_cannot_report_on_the_next_lease_o
     check_consistent(engine)
 
 
+def _revived_and_run_again(engine: Engine, old: FakeConsumer, new: FakeConsumer) -> Task:
+    """Task ``r``: attempt 1 leased to ``old``, its lease run out (its last
+    attempt: dead-lettered), revived by an operator, and attempt 1 again --
+    counted from zero after the revival -- leased to ``new``."""
+    submit(engine, "r", timeout=5, max_retries=1)
+    run(engine, ["default"], old, T0)
+    engine.fire_due(T0 + 5)
+    run(engine, ["default"], FakeConsumer("between"), T0 + 5)
+    engine.fire_due(T0 + 10)
+    assert state_of(engine, "r") == DEAD
+    assert engine.dead_retry(["r"], T0 + 11) == ["r"]
+    t = run(engine, ["default"], new, T0 + 12)
+    assert t.attempt == 1 and t.consumer is new
+    return t
+
+
+def test_a_late_failure_from_before_a_revival_does_not_end_the_run_after_it():
+    """Fault: a worker's lease runs out (it was cut off, not dead), the task
+    is dead-lettered, an operator revives it and another worker runs it --
+    attempt 1 again, attempts counting from zero -- and then the first
+    worker's FAILED of its own attempt 1 arrives. Before 2026-12-07 the
+    engine took it for the current run's report (attempt 1 had been leased
+    to it): the run under way was taken from its worker, which went on
+    running it, and the task retried -- a second run at once -- or was
+    dead-lettered. Now only the worker holding the current lease reports on
+    it; the late failure changes nothing and is counted in ``not_leased``."""
+    engine = make_engine()
+    old, new = FakeConsumer("old"), FakeConsumer("new")
+    t = _revived_and_run_again(engine, old, new)
+    ignored = engine.not_leased
+    assert not engine.fail("r", 1, {"type": "E", "message": "late"}, True, 0.0, T0 + 13, by="old")
+    assert t.state == RUNNING and t.consumer is new and new.running == {"r": t}
+    assert engine.not_leased == ignored + 1
+    assert not engine.give_back("r", 1, "old", T0 + 13)      # nor gives the run under way back
+    assert not engine.touch("r", T0 + 13, by="old")
+    assert t.state == RUNNING and t.consumer is new
+    assert engine.complete("r", 1, b"new", T0 + 14, by="new")
+    assert engine.result("r").result == b"new"
+    check_consistent(engine)
+
+
+def test_a_late_completion_from_before_a_revival_aborts_the_run_after_it():
+    """Fault: as above, but the first worker's late report is DONE: its run
+    did finish, so the task is done -- and the run under way since the
+    revival is a second execution, aborted and reported as a duplicate, as
+    for any earlier attempt's completion. Before 2026-12-07 the engine took
+    it for the current run's report: the task was done, but the second
+    worker was not told to stop and no duplicate was reported."""
+    engine = make_engine()
+    rec = Recorder()
+    engine.listeners.append(rec)
+    old, new = FakeConsumer("old"), FakeConsumer("new")
+    _revived_and_run_again(engine, old, new)
+    assert engine.complete("r", 1, b"old", T0 + 13, by="old")
+    assert engine.result("r").result == b"old"
+    assert new.aborted == [["r"]] and not new.running
+    assert [d[0] for d in rec.duplicates] == ["r"]
+    check_consistent(engine)
+
+
 def test_a_thousand_leases_running_out_together_log_a_few_lines(caplog):
     """Fault: a worker holding 1,000 tasks vanishes; their leases run out in
     one pass. Each used to log a line (thousands of lines for one fault; a

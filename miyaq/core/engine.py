@@ -177,10 +177,26 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         self.not_leased += 1
         return False
 
+    @staticmethod
+    def _holds_run(task: Task, by: str | None) -> bool:
+        """Whether ``by`` (None: the node's own caller) holds the lease of the
+        attempt ``task`` runs now, if it runs here: its consumer. The lease
+        history alone cannot say: after a revival attempts count from zero
+        again, and the worker that was leased the same number before the task
+        died is on record too. Before 2026-12-07 that worker's late FAILED
+        ended the run under way (its worker went on running it, and the task
+        was retried at once -- a second run -- or dead-lettered); its late
+        DONE finished the task without aborting that run."""
+        consumer = task.consumer
+        return by is None or task.state != RUNNING or consumer is None or consumer.principal == by
+
     def touch(self, task_id: str, now: float, by: str | None = None) -> bool:
         """Extend a running task's lease (``by``: who asks; it must hold the lease)."""
         task = self.table.live.get(task_id)
         if task is None or task.state != RUNNING or not self._reporter_ok(task, task.attempt, by):
+            return False
+        if not self._holds_run(task, by):
+            self.not_leased += 1
             return False
         task.lease_end = now + task.timeout
         self.timers.arm(task, task.lease_end, now)
@@ -206,18 +222,19 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         was leased to ``by``."""
         task = self.table.live.get(task_id)
         return (task is not None and task.attempt == attempt and leased_to(task, attempt, by)
-                and self.release(task_id, now))
+                and self._holds_run(task, by) and self.release(task_id, now))
 
     def complete(self, task_id: str, attempt: int, result: bytes | None, now: float,
                  by: str | None = None) -> bool:
         """DONE from a consumer (``by``: who reports; that attempt must have
         been leased to them). A completion of an earlier attempt still
         finishes the task (it did run); a second execution under way is
-        aborted and counted as a duplicate."""
+        aborted and counted as a duplicate -- also one of the same attempt
+        number leased to another consumer after a revival (:meth:`_holds_run`)."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
         if task is None or not self._reporter_ok(task, attempt, by):
             return False
-        if task.state == RUNNING and task.attempt != attempt:
+        if task.state == RUNNING and (task.attempt != attempt or not self._holds_run(task, by)):
             other = task.consumer
             for listener in self.listeners:
                 listener.duplicate_run(task, {"attempt": attempt, "running": task.attempt})
@@ -251,6 +268,9 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         if standby and (by is None or not task.standby or task.state not in (SCHEDULED, RETRYING)):
             return False   # not running here, and not a standby told by the runner's worker
         if not self._reporter_ok(task, attempt, by):
+            return False
+        if not self._holds_run(task, by):
+            self.not_leased += 1       # an earlier lease of this attempt's number (before a revival)
             return False
         self._detach(task)
         self.keep_error(task, cut_error(error))     # every consumer's report: ZeroMQ, HTTP pull, webhooks
