@@ -419,13 +419,17 @@ class EngineMachine(RuleBasedStateMachine):
         self.m_retry_or_kill(m, retryable, delay)
 
     @precondition(lambda self: bool(self.known))
-    @rule(which=PICK, done=st.booleans(), by=st.sampled_from(CONSUMERS), back=st.integers(0, 5))
-    def stale_report(self, which: int, done: bool, by: str, back: int) -> None:
-        """A late or foreign report: an attempt ``back`` before the task's
-        current one, from ``by`` (who may or may not have been leased it)."""
+    @rule(which=PICK, done=st.booleans(), by=st.sampled_from(CONSUMERS), back=st.integers(0, 5), lease=PICK)
+    def stale_report(self, which: int, done: bool, by: str, back: int, lease: int) -> None:
+        """A late or foreign report: half the time of a lease on record for the
+        task (the last ``LEASE_HISTORY``: one before a revival too), else of an
+        attempt ``back`` before the task's current one, from ``by`` (who may
+        or may not have been leased it)."""
         task_id = pick(self.known, which)
         m = self.live.get(task_id) or self.dead.get(task_id)
         attempt = (m.attempt if m is not None else 1) - back
+        if m is not None and m.lessees and lease % 2 == 0:
+            attempt, by = pick(m.lessees, lease // 2)
         leased = m is not None and (attempt, by) in m.lessees
         if done:
             ok = self.engine.complete(task_id, attempt, None, self.now, by=by)
