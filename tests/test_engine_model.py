@@ -51,7 +51,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 
 from miyaq.config import NodeConfig
-from miyaq.constants import LEASE_HISTORY
+from miyaq.constants import LEASE_HISTORY, MAX_PAUSED, MAX_QUEUES
 from miyaq.core import invariants
 from miyaq.core.engine import Engine
 from miyaq.core.limits import QueueLimits
@@ -313,8 +313,12 @@ class EngineMachine(RuleBasedStateMachine):
         if task_id not in self.known:
             self.known.append(task_id)
         self.cancelled.discard(task_id)
-        m = Model(task_id, queue, task.priority, task.eta, task.expires, key, task.max_retries, task.timeout,
-                  task.backoff, task.at_most_once, size, seq=self.next_seq())
+        # The ttl counts from acceptance, the countdown from now (docs/semantics.md, "ttl").
+        eta = self.now + options.get("countdown", 0.0)
+        expires = self.now + options["ttl"] if "ttl" in options else 0.0
+        assert (task.eta, task.expires) == (eta, expires), (task.eta, task.expires, options)
+        m = Model(task_id, queue, options["priority"], eta, expires, key, options["max_retries"], options["timeout"],
+                  options["backoff"], bool(options.get("at_most_once")), size, seq=self.next_seq())
         self.live[task_id] = m
         if key is not None:
             self.keys[key] = task_id
@@ -609,6 +613,7 @@ class EngineMachine(RuleBasedStateMachine):
         assert len(table.live) <= CONFIG["max_tasks"] and len(table.dead) <= CONFIG["max_dead"]
         assert len(table.tombstones) <= CONFIG["max_tombstones"]
         assert table.payload_bytes <= CONFIG["max_bytes"]
+        assert len(engine.counts) <= MAX_QUEUES and len(self.limits.paused) <= MAX_PAUSED
         assert set(self.limits.paused) == self.paused
 
     def teardown(self) -> None:
