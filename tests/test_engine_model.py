@@ -185,7 +185,8 @@ class EngineMachine(RuleBasedStateMachine):
         m.seq = self.next_seq()
         m.consumer = None
 
-    def m_finish(self, m: Model, state: str) -> None:
+    def m_finish(self, m: Model, state: str, trim: bool = True) -> None:
+        """``trim``: drop the oldest tombstones past the bound now (m_fire does it once it is done)."""
         self.live.pop(m.id, None)
         self.dead.pop(m.id, None)
         m.state = state
@@ -194,6 +195,10 @@ class EngineMachine(RuleBasedStateMachine):
         self.stones[m.id] = Stone(state, self.now, m.key)
         if state == CANCELLED:
             self.cancelled.add(m.id)
+        if trim:
+            self.m_trim()
+
+    def m_trim(self) -> None:
         while len(self.stones) > CONFIG["max_tombstones"]:
             self.m_forget(next(iter(self.stones)))
 
@@ -237,16 +242,27 @@ class EngineMachine(RuleBasedStateMachine):
             self.m_kill(m)
 
     def m_fire(self) -> None:
-        """What the engine's timers do at ``now``: in time order, ties in seq order."""
+        """What the engine's timers do at ``now``: in time order, ties in the
+        order the tasks last became ready (or were accepted) -- which decides
+        the order in which those made ready now are dispatched ("Ordering").
+
+        The order of the tasks that *end* in one firing (their expiry) is
+        not one the docs give: the engine may fire the expiry of a task made
+        ready again by a lost lease in its earlier turn (a stale timer entry
+        for the same time, live again), and it only decides which of the
+        tombstones made at the same instant is the older. The model takes
+        the engine's order for those."""
+        ended: list[str] = []
         while True:
             due = [(m.timer(), m.seq, m) for m in self.live.values()
                    if m.timer() is not None and m.timer() <= self.now]    # type: ignore[operator]
             if not due:
-                return
+                break
             m = min(due, key=lambda d: (d[0], d[1]))[2]
             if m.state in (SCHEDULED, RETRYING, READY):
                 if m.expires and m.expires <= self.now:
-                    self.m_finish(m, EXPIRED)
+                    self.m_finish(m, EXPIRED, trim=False)
+                    ended.append(m.id)
                 else:
                     assert m.state != READY
                     self.m_ready(m)
@@ -254,6 +270,12 @@ class EngineMachine(RuleBasedStateMachine):
                 self.count("lost")
                 m.consumer = None
                 self.m_retry_or_kill(m, True, 0.0)
+        if len(ended) > 1:
+            # The engine's order among them (one it dropped for the bound meanwhile was its oldest).
+            kept = [i for i in self.engine.table.tombstones if i in set(ended)]
+            for task_id in [i for i in ended if i not in kept] + kept:
+                self.stones[task_id] = self.stones.pop(task_id)
+        self.m_trim()
 
     def some_ids(self, which: list[int]) -> list[str]:
         """Ids for the dead-letter operations: dead ones mostly, others, an unknown one."""
