@@ -22,7 +22,8 @@ against a reference model written here from docs/semantics.md:
 * the engine's counts (per queue and state, outcome totals) are the model's,
   and :func:`miyaq.core.invariants.problems` finds nothing wrong;
 * every bounded structure (max_tasks, max_dead, max_tombstones, the lease
-  history, the paused queues) stays within its bound;
+  history, the paused queues, max_bytes -- which the errors of failed tasks
+  may pass by ``ERROR_BYTES_MIN`` a task) stays within its bound;
 * once everything is finished and swept, the held bytes (payloads, results)
   and the armed timers are zero.
 
@@ -51,7 +52,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
                                  run_state_machine_as_test)
 
 from miyaq.config import NodeConfig
-from miyaq.constants import LEASE_HISTORY, MAX_PAUSED, MAX_QUEUES
+from miyaq.constants import ERROR_BYTES_MIN, LEASE_HISTORY, MAX_PAUSED, MAX_QUEUES
 from miyaq.core import invariants
 from miyaq.core.engine import Engine
 from miyaq.core.limits import QueueLimits
@@ -59,7 +60,8 @@ from miyaq.errors import Busy, NotFound
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import Supervisor
-from miyaq.store.task import CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, held_bytes
+from miyaq.store.task import CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED
+from miyaq.store.task_bytes import held_bytes
 
 EXAMPLES = int(os.environ.get("MIYAQ_MODEL_EXAMPLES", "100"))
 STEPS = int(os.environ.get("MIYAQ_MODEL_STEPS", "50"))
@@ -281,6 +283,14 @@ class EngineMachine(RuleBasedStateMachine):
         """Ids for the dead-letter operations: dead ones mostly, others, an unknown one."""
         return list(dict.fromkeys(pick(["nobody", *self.known, *self.dead], i) for i in which))
 
+    def held(self) -> int:
+        """The bytes the tasks held count against ``max_bytes``: each as
+        :func:`~miyaq.store.task_bytes.held_bytes` counts it (its payload,
+        key, error: docs/semantics.md, "Capacity and memory") -- the model
+        checks the refusal and the table's sum, not each task's count."""
+        table = self.engine.table
+        return sum(held_bytes(table.live.get(i) or table.dead[i]) for i in (*self.live, *self.dead))
+
     def running(self) -> list[Model]:
         return sorted((m for m in self.live.values() if m.state == RUNNING), key=lambda m: m.id)
 
@@ -320,7 +330,7 @@ class EngineMachine(RuleBasedStateMachine):
             expected = (DUPLICATE, holder)
         elif len(self.live) >= CONFIG["max_tasks"]:
             expected = Busy
-        elif (sum(m.bytes for m in self.live.values()) + sum(m.bytes for m in self.dead.values()) + size
+        elif (self.held() + size
               > CONFIG["max_bytes"]):
             expected = Busy
         else:
@@ -634,7 +644,8 @@ class EngineMachine(RuleBasedStateMachine):
         # Bounds.
         assert len(table.live) <= CONFIG["max_tasks"] and len(table.dead) <= CONFIG["max_dead"]
         assert len(table.tombstones) <= CONFIG["max_tombstones"]
-        assert table.payload_bytes <= CONFIG["max_bytes"]
+        # Errors past max_bytes: at most ERROR_BYTES_MIN a held task (docs/semantics.md, "Capacity and memory").
+        assert table.payload_bytes <= CONFIG["max_bytes"] + ERROR_BYTES_MIN * (len(table.live) + len(table.dead))
         assert len(engine.counts) <= MAX_QUEUES and len(self.limits.paused) <= MAX_PAUSED
         assert set(self.limits.paused) == self.paused
 
