@@ -589,8 +589,8 @@ class EngineMachine(RuleBasedStateMachine):
         the housekeeping then forgets every empty queue (its counts, its
         outcomes -- kept in the totals), and a paused one stays paused."""
         self.far_done = True
-        if len(self.live) >= CONFIG["max_tasks"]:
-            return
+        if len(self.live) >= CONFIG["max_tasks"] or self.held() > CONFIG["max_bytes"]:
+            return      # the node is full: refused (the submit rules check that)
         for i in range(FAR_QUEUES):
             task = task_from_wire({"id": f"far{i}", "name": "n", "queue": f"far{i}"}, self.now, self.engine.config)
             if task.id in self.engine.table.tombstones or self.engine.submit(task, self.now) != (ACCEPTED, None):
