@@ -7,7 +7,12 @@ and skipped when they surface, so cancelling never searches (O(1)).
 * **Near** (due within ``NEAR`` seconds): a heap of ``(when, task.seq, task)``,
   live while ``task.timer_at is when``; O(log n) to arm; timers fire in time
   order, ties in ``seq`` (submit) order. Two entries tie on both only for
-  the same task, and then compare equal without comparing the task.
+  the same task, and then compare equal without comparing the task. A
+  stale entry comes back to life when its task is armed again at the very
+  same float object (its ``expires``, after a lost lease made it ready
+  again): of the timers due at one instant, that task's may then fire in
+  its earlier turn -- the order among same-instant timers only (the
+  engine's model test found it; no rule depends on that order).
 * **Far**: a timer further out goes into a bucket -- a plain list of tasks
   covering ``[start, start + width)``, where ``width`` is a power of two
   about a sixteenth of the delay (so a million timers spread over a day or a
