@@ -694,14 +694,7 @@ def test_a_connection_refused_its_fair_share_is_served_again_once_the_pressure_i
     are its requests; once the connections that held the total are gone
     and were looked at again (after ``TOTAL_LOOK_EVERY``), its own budget
     is its again."""
-    sockets, clock = Sockets(), Clock()
-    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=16 * MiB, clock=clock)
-    sockets.unsent[5] = 4096
-    unread.asked(b"far", 5)
-    for _ in range(3):
-        assert unread.may_send(b"far", 200_000) and unread.asked(b"far", 5)    # 600 KB, under its budget
-    for i in range(4):
-        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, MiB, 8)
+    sockets, clock, unread = _far_reader_under_pressure()
     assert unread.total > 8 * MiB
     assert not unread.may_send(b"far", 200_000)             # it owes more than 16 MiB / 256
     refusal = unread.refusal(b"far")
@@ -715,6 +708,22 @@ def test_a_connection_refused_its_fair_share_is_served_again_once_the_pressure_i
     assert unread.total == unread.unread(b"far") == 800_000
 
 
+def _far_reader_under_pressure(**options: int) -> tuple[Sockets, Clock, UnreadAnswers]:
+    """A connection ``far`` (descriptor 5) that took 600 KB of answers,
+    under its 4 MiB budget, then four hogs owing 8 MiB of the 16 MiB total:
+    the pressure is on, and ``far`` owes more than its fair share."""
+    sockets, clock = Sockets(), Clock()
+    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=16 * MiB, clock=clock,
+                           **options)
+    sockets.unsent[5] = 4096
+    unread.asked(b"far", 5)
+    for _ in range(3):
+        assert unread.may_send(b"far", 200_000) and unread.asked(b"far", 5)    # 600 KB, under its budget
+    for i in range(4):
+        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, MiB, 8)
+    return sockets, clock, unread
+
+
 def test_refusals_to_a_connection_past_its_fair_share_stop_at_their_own_budget() -> None:
     """Fault: under pressure (all connections together owe more than half
     the total) a connection that owes more than its fair share, though far
@@ -723,15 +732,7 @@ def test_refusals_to_a_connection_past_its_fair_share_stop_at_their_own_budget()
     ``refusals`` bytes of them, then none until it reads (mutation,
     review37: bounding them only past its own budget -- up to 4 MiB more
     each here, 32 MiB by default -- passed every test)."""
-    sockets, clock = Sockets(), Clock()
-    unread = UnreadAnswers(budget=4 * MiB, unsent=sockets, acked=no_tcp, total_budget=16 * MiB, clock=clock,
-                           refusals=10_000)
-    sockets.unsent[5] = 4096
-    unread.asked(b"far", 5)
-    for _ in range(3):
-        assert unread.may_send(b"far", 200_000) and unread.asked(b"far", 5)    # 600 KB, under its budget
-    for i in range(4):
-        _hog(unread, sockets, f"hog-{i}".encode(), 10 + i, MiB, 8)
+    sockets, clock, unread = _far_reader_under_pressure(refusals=10_000)
     assert not unread.may_send(b"far", 200_000)             # past its fair share: the pressure is on
     sent = []
     for _ in range(200):
