@@ -7,7 +7,7 @@ replication streams of the nodes built with a
 hub. Each message is the frames the ZeroMQ transport would send, decoded
 again on arrival by the same code; it is delivered in order per
 (source, destination) by one greenlet per destination, and recorded in
-:attr:`Network.log` (a :class:`Message` each: kind, source, destination,
+:attr:`Network.log` (a :class:`~miyaq.testing.memnet_message.Message` each: kind, source, destination,
 body, fate) for assertions.
 
 A test acts on messages on purpose with rules, each matching a kind
@@ -41,74 +41,21 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import msgpack
-
 from miyaq.runtime import CRITICAL, Supervisor, green, monotonic
+from miyaq.testing.memnet_message import (ANSWER, EVENTS, HEARTBEAT, KINDS, PEER, REQUESTS, STREAM, Message,
+                                          stream_body)
 
 logger = logging.getLogger(__name__)
 
-PEER = "peer"
-STREAM = "stream"
-REQUESTS = ("REPLICATE", "QUERY", "SYNC", "CANCEL")
-ANSWER = "ANSWER"
-EVENTS = "EVENTS"
-HEARTBEAT = "HEARTBEAT"
-KINDS = (*REQUESTS, ANSWER, EVENTS, HEARTBEAT)
+# What a message is, its kinds and the decoding of a stream's: miyaq.testing.memnet_message (named here too).
+__all__ = ["ANSWER", "EVENTS", "HEARTBEAT", "KINDS", "LOG_LIMIT", "PEER", "REQUESTS", "STREAM", "TICK", "Endpoint",
+           "Message", "Network", "Rule", "stream_body"]
+
 #: How often (real seconds) the network expires requests, releases delayed
 #: messages and checks for silent streams.
 TICK = 0.02
 #: Messages kept in :attr:`Network.log`.
 LOG_LIMIT = 100_000
-
-
-@dataclass(eq=False)
-class Message:
-    """One message on the wire. ``fate``: ``queued``, ``delivered``,
-    ``dropped``, ``cut``, ``held``, ``delayed``, ``refused`` (never sent),
-    ``lost`` (its destination
-    was not running when it arrived)."""
-
-    channel: str
-    kind: str
-    src: str
-    dst: str
-    frames: list[bytes]
-    body: dict[str, Any]
-    answering: str | None = None
-    at: float = field(default_factory=monotonic)
-    fate: str = "queued"
-    copies: int = 1
-
-    def events(self, op: str | None = None) -> list[list[Any]]:
-        """The stream events it carries (of ``op`` only, if given)."""
-        evs = self.body.get("ev") if self.kind == EVENTS else None
-        return [e for e in evs or () if isinstance(e, list) and e and (op is None or e[0] == op)]
-
-    def task_ids(self) -> set[str]:
-        """Every task id the message is about."""
-        body = self.body
-        ids: set[str] = set()
-        for key in ("ids",):
-            ids.update(i for i in body.get(key) or () if isinstance(i, str))
-        if isinstance(body.get("id"), str):       # a forwarded CANCEL
-            ids.add(body["id"])
-        for record in body.get("tasks") or ():
-            if isinstance(record, dict) and isinstance(record.get("id"), str):
-                ids.add(record["id"])
-            elif isinstance(record, list) and record and isinstance(record[0], str):   # a row (recordrow)
-                ids.add(record[0])
-        states = body.get("states")
-        if isinstance(states, dict):
-            ids.update(k for k in states if isinstance(k, str))
-        for stone in body.get("stones") or ():
-            if isinstance(stone, list) and stone and isinstance(stone[0], str):
-                ids.add(stone[0])
-        ids.update(e[1] for e in self.events() if len(e) > 1 and isinstance(e[1], str))
-        return ids
-
-    def __repr__(self) -> str:
-        what = self.kind if self.answering is None else f"{self.kind}({self.answering})"
-        return f"<{what} {self.src}->{self.dst} {self.fate}>"
 
 
 @dataclass(eq=False)
@@ -397,9 +344,3 @@ class Network:
         """Recorded messages that match (same filters as the rules)."""
         probe = Rule(self, "match", kind, src, dst, **match)
         return [m for m in self.log if probe.matches(m)]
-
-
-def stream_body(frames: list[bytes]) -> dict[str, Any]:
-    """The body of a stream message's frames, for the log."""
-    body = msgpack.unpackb(frames[1], raw=False)
-    return body if isinstance(body, dict) else {}

@@ -29,7 +29,8 @@ from miyaq.cluster.stream_sender import StreamSender
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.protocol import codec
 from miyaq.runtime import Supervisor
-from miyaq.testing.memnet import ANSWER, EVENTS, HEARTBEAT, PEER, STREAM, Message, Network, stream_body
+from miyaq.testing.memnet import Network
+from miyaq.testing.memnet_message import ANSWER, EVENTS, HEARTBEAT, PEER, STREAM, Message, stream_body
 
 logger = logging.getLogger(__name__)
 
