@@ -40,17 +40,13 @@ from .pending import Pending
 from .resolver import Resolver, Waiter
 from .submits import SubmitPipeline, Unencodable
 from .wire import unsendable
+from .withdrawals import Withdrawals
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a node sending garbage may send much of it: a few lines a minute
 
 MAX_POLL = 0.1
 """The longest the driver sleeps between two ``on_timer`` calls."""
-LONG_POLLS = frozenset({c.RESULT, c.RECEIVE})
-"""Requests the node holds until there is something to answer: a caller that
-stops waiting for one withdraws it (:meth:`ClientCore.withdraw`)."""
-MAX_WITHDRAWN_KEPT = 1024
-"""Withdrawn RECEIVEs remembered, to give back a task one brings anyway."""
 LOOP_RETRY = 1.0
 """Seconds between two reconnections of a connection found looped back to
 this client (:meth:`ClientCore._looped`)."""
@@ -93,9 +89,7 @@ class ClientCore:
         self._ring_req = 0
         self._ring_node = -1      # the node the discovery RING _ring_req went to
         self._limits_asks: dict[int, int] = {}    # req of a RING asking a node its limits -> that node
-        # RECEIVEs withdrawn after they were sent: req -> node. A task one brings
-        # after all is given back (bounded: the oldest are forgotten).
-        self._withdrawn_receives: dict[int, int] = {}
+        self.withdrawals = Withdrawals(self.requests, self._send)   # requests their callers stopped waiting for
         self._looped_at: dict[int, float] = {}    # node -> when its connection was last found looped
         # Unresolved submits (and bytes) = submitted - submits.resolved. The threaded
         # driver's callers bump `submitted` (admitted()) under their own lock; only the I/O
@@ -185,8 +179,8 @@ class ClientCore:
             req = body.get("req")
             if type(req) is not int:
                 self.requests.on_reply(node, command, body)
-            elif self._withdrawn_receives and self._withdrawn_receives.get(req) == node:
-                self._give_back(node, req, body, now)
+            elif self.withdrawals.receives and self.withdrawals.receives.get(req) == node:
+                self.withdrawals.answered(node, req, body, now)
             elif self._own_ring(node, req):
                 self._on_ring(node, body if command == c.REPLY else None, now)
             else:
@@ -205,38 +199,13 @@ class ClientCore:
 
     def withdraw(self, req: int, now: float) -> None:
         """The caller of request ``req`` stopped waiting (its call was
-        cancelled or interrupted): the request is forgotten, and if it is a
-        long-poll the node holds (RESULT, RECEIVE) the node is told to drop
-        it (WITHDRAW) -- it would otherwise hold one of the connection's
-        ``max_waiters_per_connection`` places until its timeout, and a RECEIVE
-        would lease the next task to nobody. A task such a RECEIVE brings
-        anyway (sent before the WITHDRAW arrived) is given back unstarted."""
-        sent = self.requests.abandon(req)
-        if sent is None or sent[1] not in LONG_POLLS:
-            return
-        node, command = sent
-        self._send(node, c.WITHDRAW, {"reqs": [req]})
-        if command == c.RECEIVE:
-            withdrawn = self._withdrawn_receives
-            withdrawn[req] = node
-            if len(withdrawn) > MAX_WITHDRAWN_KEPT:
-                del withdrawn[next(iter(withdrawn))]
-
-    def _give_back(self, node: int, req: int, body: dict[str, Any], now: float) -> None:
-        """The answer to a withdrawn RECEIVE came: a task it brings goes back
-        to the node (:meth:`give_back`)."""
-        del self._withdrawn_receives[req]
-        self.give_back(node, body.get("task"), now)
+        cancelled or interrupted): :meth:`Withdrawals.withdraw <.withdrawals.Withdrawals.withdraw>`."""
+        self.withdrawals.withdraw(req)
 
     def give_back(self, node: int, task: Any, now: float) -> None:
         """``task``, the map a RECEIVE answer of node ``node`` brings, is
-        taken by nobody (its RECEIVE withdrawn, or its caller cancelled as the
-        answer came): back to the node unstarted (NACK ``returned``: no
-        attempt spent), its answer unread. Anything but a task map (None: no
-        task came) is passed over."""
-        if isinstance(task, dict) and isinstance(task.get("id"), str) and type(task.get("attempt")) is int:
-            self.requests.start(node, c.NACK, {"req": self.requests.next_req(), "id": task["id"],
-                                               "attempt": task["attempt"], "returned": True}, None, 0.0, now)
+        taken by nobody: :meth:`Withdrawals.give_back <.withdrawals.Withdrawals.give_back>`."""
+        self.withdrawals.give_back(node, task, now)
 
     def _on_ring(self, node: int, body: dict[str, Any] | None, now: float) -> None:
         """Node ``node`` answered a RING (None: with an error): its limits, and
@@ -265,8 +234,7 @@ class ClientCore:
                         "has named it for the grace)", self.nodes.endpoints[node])
             self.transport.disconnect(node)
             self._looped_at.pop(node, None)
-            if node in self._withdrawn_receives.values():
-                self._withdrawn_receives = {req: n for req, n in self._withdrawn_receives.items() if n != node}
+            self.withdrawals.forget(node)
             released.append(node)
         return released
 
