@@ -80,7 +80,7 @@ def test_a_dispatch_sent_before_a_silence_and_read_after_it_is_given_back_unrun(
     dispatch(node, delivery("t2", "nap", 0.0), sent=node_clock())
     wait_for(lambda: node.pump() or "t2" in node.done, what="t2 run")
     assert "t1" not in node.done and "t1" not in worker.running
-    assert link.stale_dispatches == 1
+    assert link.late.given_back == 1
     assert [r for r in node.returned if "t1" in r["ids"]][0].get("credit", True) is True   # its slot back
 
 
@@ -104,7 +104,7 @@ def test_a_dispatch_after_a_silence_that_was_not_held_in_it_runs(node, thread_wo
     stamp = stamps[case] if not case.startswith("sent after") else {"sent": node_clock()}
     dispatch(node, delivery("t1", "nap", 0.0), **stamp)
     wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
-    assert link.stale_dispatches == 0 and not node.returned
+    assert link.late.given_back == 0 and not node.returned
 
 
 def test_a_late_dispatch_on_a_busy_link_that_never_went_silent_runs(node, thread_worker, monkeypatch) -> None:
@@ -115,7 +115,7 @@ def test_a_late_dispatch_on_a_busy_link_that_never_went_silent_runs(node, thread
     worker, link = stamped_worker(node, thread_worker, monkeypatch)
     dispatch(node, delivery("t1", "nap", 0.0), sent=node_clock() - 30.0)    # 30 s in a queue
     wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
-    assert link.stale_dispatches == 0 and not node.returned
+    assert link.late.given_back == 0 and not node.returned
 
 
 def test_a_task_given_back_as_late_and_sent_again_by_a_node_that_kept_the_worker_runs(node, thread_worker,
@@ -141,7 +141,7 @@ def test_a_task_given_back_as_late_and_sent_again_by_a_node_that_kept_the_worker
     dispatch(node, delivery("big", "nap", 0.0), delivery("new", "nap", 0.0), sent=sent_before)
     wait_for(lambda: node.pump() or "big" in node.done, what="big run the second time it came late")
     assert [r["ids"] for r in node.returned] == [["big"], ["new"]]     # each given back once
-    assert "new" not in node.done and link.stale_dispatches == 2
+    assert "new" not in node.done and link.late.given_back == 2
 
 
 def test_after_the_node_welcomed_the_worker_again_a_task_it_gave_back_is_given_back_again(node, thread_worker,
@@ -179,7 +179,7 @@ def test_a_node_that_welcomes_the_worker_again_on_another_clock_is_measured_afre
     wait_for(lambda: node.pump() or "t1" in node.done or node.returned, what="t1 run or given back")
     assert not node.returned
     wait_for(lambda: node.pump() or "t1" in node.done, what="t1 run")
-    assert link.stale_dispatches == 0
+    assert link.late.given_back == 0
 
 
 def test_a_late_dispatch_s_give_back_names_only_ids_a_node_takes(node, thread_worker, monkeypatch) -> None:
@@ -224,7 +224,7 @@ def test_a_later_attempt_of_a_task_given_back_as_late_that_comes_late_is_given_b
     wait_for(lambda: node.pump() or len(node.returned) > 1 or ("done", "t1", 2) in runs(node),
              what="attempt 2 run or given back")
     assert [r["ids"] for r in node.returned] == [["t1"], ["t1"]]
-    assert ("done", "t1", 2) not in runs(node) and link.stale_dispatches == 2
+    assert ("done", "t1", 2) not in runs(node) and link.late.given_back == 2
 
 
 def runs(node: StallingNode) -> list[tuple[str, str, int]]:
@@ -240,13 +240,13 @@ def test_a_link_remembers_a_bounded_number_of_ids_it_gave_back_the_oldest_forgot
     made 2 here; the mutation that dropped the bound passed every test):
     the oldest is forgotten, so sent again late it is given back again,
     while the newest, sent again, runs."""
-    monkeypatch.setattr("miyaq.worker.link.MAX_LATE_IDS", 2)
+    monkeypatch.setattr("miyaq.worker.late_dispatch.MAX_LATE_IDS", 2)
     worker, link = stamped_worker(node, thread_worker, monkeypatch)
     sent_before = node_clock()
     silence(node, link)
     dispatch(node, *(delivery(t, "nap", 0.0) for t in ("a", "b", "c")), sent=sent_before)
     wait_for(lambda: node.pump() or node.returned, what="a, b and c given back")
-    assert list(link.late_ids) == ["b", "c"]
+    assert list(link.late.ids) == ["b", "c"]
     sent_before = node_clock()
     silence(node, link)
     dispatch(node, delivery("a", "nap", 0.0), delivery("c", "nap", 0.0), sent=sent_before)

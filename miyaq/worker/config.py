@@ -187,7 +187,7 @@ LIVENESS = 3
 MAX_NODE_LIVENESS = 100
 #: The most task ids a link remembers giving back as late (a DISPATCH sent
 #: before such a silence): one of them sent again (the same attempt) by a node that kept this
-#: worker runs (:meth:`miyaq.worker.link.NodeLink._stale_dispatch`). The
+#: worker runs (:mod:`miyaq.worker.late_dispatch`). The
 #: oldest are forgotten first; a WELCOME forgets them all.
 MAX_LATE_IDS = 10_000
 #: A node silent for ``HUNG_NODE_LIVENESS × heartbeat × LIVENESS`` seconds

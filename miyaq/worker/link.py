@@ -29,7 +29,8 @@ the tasks' other holders and the link opens a fresh socket (:meth:`NodeLink.lose
 
 The link's socket, its greenlets and what is sent on it are its base's,
 :class:`~miyaq.worker.link_socket.LinkSocket`; here are registering, the
-reader, and what each message from the node does.
+reader, and what each message from the node does (which tasks of a
+DISPATCH read late run: :mod:`~miyaq.worker.late_dispatch`).
 
 A link to a node that left the ring is **retired** by the worker
 (:meth:`NodeLink.retire`, :mod:`~miyaq.worker.ring`):
@@ -47,10 +48,11 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green, monotonic
 from ..runtime.sockets import SocketFactory, zmq
-from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_LATE_IDS, MAX_NODE_LIVENESS,
-                     MAX_RESULT_BYTES, NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
+from .config import (BEAT_EARLY, HUNG_NODE_LIVENESS, LIVENESS, MAX_INBOUND_MESSAGE, MAX_NODE_LIVENESS, MAX_RESULT_BYTES,
+                     NODE_HEARTBEAT_RANGE, RESULT_MESSAGE_SLACK)
 from .jobs import returnable_ids
 from .key_refusal import KeyRefusal
+from .late_dispatch import LateDispatches
 from .link_socket import LinkSocket
 from .link_watch import LinkWatch
 from .outbox import Outbox
@@ -79,10 +81,7 @@ class NodeLink(LinkSocket):
         self.node_drop_after = self.heartbeat * LIVENESS
         self.transit = Transit()    # how late the node's stamped messages come (a DISPATCH sent long ago)
         self.silence_ended = float("-inf")    # when the last silence past node_drop_after ended (monotonic)
-        self.stale_dispatches = 0   # tasks given back because their DISPATCH came so late
-        # The ids given back as late since the node last welcomed this worker, each with the attempt given back
-        # (oldest first; at most MAX_LATE_IDS).
-        self.late_ids: dict[str, int | None] = {}
+        self.late = LateDispatches()    # the tasks of DISPATCHes sent before that silence: given back, or run
         # Monotonic time until which a RECONNECT answers a message sent before
         # our last READY (None: no READY awaits its WELCOME): see _on_reconnect.
         self.welcome_due: float | None = None
@@ -282,50 +281,21 @@ class NodeLink(LinkSocket):
     def _stale_dispatch(self, deliveries: list[Any], lag: float) -> None:
         """A DISPATCH the node sent before a silence longer than it waits for
         a worker (``heartbeat × liveness``), that reached this worker only
-        now: the node may have taken this worker for lost meanwhile and
-        leased its tasks again, here or on another node (a network cut that
-        held the message in a TCP buffer: a chaos run, 2026-12-07, ran 27
-        tasks twice so). Given back unstarted (RETURN): a node that still
-        leases them to this worker leases them again, one that dropped it
-        answers RECONNECT, and it registers again. Malformed ids are left
-        out; the node's lease of those runs out.
-
-        A task this link gave back as late since the node's last WELCOME, sent
-        again, runs: the node kept this worker (no RECONNECT, no WELCOME
-        since), so its lease is this worker's. A DISPATCH that takes longer
-        than the node's patience to cross a slow link (a 1 MiB task under
-        2.8 Mbit/s at the default heartbeat) comes after such a silence each
-        time -- the node's heartbeats wait behind it -- and was given back
-        for ever (review28). Only the attempt given back (a RETURN spends
-        none): a later attempt of the task -- it failed since, here or
-        elsewhere -- is late like any other; until 2026-12-07 (review29) the
-        id alone was remembered, and any later attempt ran however late."""
-        again: list[Any] = []
-        late: list[Any] = []
-        for d in deliveries:
-            known = (isinstance(d, list) and d and isinstance(d[0], str) and d[0] in self.late_ids
-                     and _attempt(d) == self.late_ids[d[0]])
-            (again if known else late).append(d)
+        now: its tasks are given back unstarted (RETURN), but for those this
+        link gave back as late already, which run (:mod:`.late_dispatch`)."""
+        again, late = self.late.sort(deliveries)
         if again:
             self.worker.accept(self, again, self.last_heard)     # each checked there (twice in it: reported)
-            for d in again:
-                self.late_ids.pop(d[0], None)
+            self.late.ran(again)
         if not late:
             return
-        deliveries = late
-        ids = returnable_ids(deliveries)
-        self.stale_dispatches += len(ids)
+        ids = returnable_ids(late)
+        self.late.gave_back(late, ids)
         _log.warning("stale dispatch", "node %s: a DISPATCH of %d task(s) came %.1fs late, after a silence longer "
                      "than the %.1fs the node waits for a worker: it may have leased them again; given back "
-                     "unstarted (%d so far)", self.endpoint, len(deliveries), lag, self.node_drop_after,
-                     self.stale_dispatches)
+                     "unstarted (%d so far)", self.endpoint, len(late), lag, self.node_drop_after,
+                     self.late.given_back)
         if ids:
-            attempts = {d[0]: _attempt(d) for d in deliveries if isinstance(d, list) and d and isinstance(d[0], str)}
-            for task_id in ids:
-                self.late_ids.pop(task_id, None)
-                self.late_ids[task_id] = attempts[task_id]
-            while len(self.late_ids) > MAX_LATE_IDS:
-                del self.late_ids[next(iter(self.late_ids))]
             self.send(c.RETURN, {"ids": ids})
 
     def _talking_to_itself(self) -> None:
@@ -392,10 +362,4 @@ class NodeLink(LinkSocket):
         beats = min(liveness, MAX_NODE_LIVENESS) if type(liveness) is int and liveness >= 1 else LIVENESS
         self.node_drop_after = self.heartbeat * beats
         self.transit.reset()        # a node welcoming this worker again may be another process
-        self.late_ids.clear()       # it dropped this worker (RECONNECT) or is another: those leases are gone
-
-
-def _attempt(delivery: list[Any]) -> int | None:
-    """A delivery's attempt (its fifth element) if an int, else None."""
-    attempt = delivery[4] if len(delivery) > 4 else None
-    return attempt if type(attempt) is int else None
+        self.late.welcomed()        # it dropped this worker (RECONNECT) or is another: those leases are gone
