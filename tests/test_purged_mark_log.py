@@ -44,19 +44,19 @@ def test_a_purge_is_remembered_across_a_restart_and_a_compaction_for_the_tombsto
     assert engine.dead_purge(None, [task.id]) == 1
     written(part)
     part.close()
-    assert _replayed(tmp_path, config, time.time()).table.was_purged(task.id)      # from its P record
+    assert _replayed(tmp_path, config, time.time()).table.purged.was(task.id)      # from its P record
 
     engine, part = durable_engine(tmp_path, config, time.time())
     purge_records = [r for r in part.snapshot() if r.get("o") == "P"]
     assert [r["id"] for r in purge_records] == [task.id] and type(purge_records[0]["at"]) is float
     part.compact()
     part.close()
-    assert _replayed(tmp_path, config, time.time()).table.was_purged(task.id)      # from the compaction's
-    assert not _replayed(tmp_path, config, t0 + 61).table.was_purged(task.id)      # its ttl past
+    assert _replayed(tmp_path, config, time.time()).table.purged.was(task.id)      # from the compaction's
+    assert not _replayed(tmp_path, config, t0 + 61).table.purged.was(task.id)      # its ttl past
 
     engine, part = durable_engine(tmp_path, config, time.time())
     engine.table.sweep(t0 + 61)
-    assert not engine.table.was_purged(task.id) and not [r for r in part.snapshot() if r.get("o") == "P"]
+    assert not engine.table.purged.was(task.id) and not [r for r in part.snapshot() if r.get("o") == "P"]
     part.close()
 
 
@@ -70,7 +70,7 @@ def test_an_id_submitted_again_after_its_purge_is_no_purged_dead_letter_any_more
     from miyaq.store.task import Task
 
     table = TaskTable(max_tombstones=100, tombstone_ttl=3600.0, max_dead=100)
-    table.mark_purged("again", 1_700_000_000.0)
-    assert table.was_purged("again")
+    table.purged.mark("again", 1_700_000_000.0)
+    assert table.purged.was("again")
     table.add(Task("again", "default", "job", b""))
-    assert not table.was_purged("again")
+    assert not table.purged.was("again")

@@ -102,7 +102,7 @@ class CopyInstaller:
             elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
                 self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
-        if task.state == DEAD and table.was_purged(task.id):
+        if task.state == DEAD and table.purged.was(task.id):
             # A dead letter purged here, and this copy is a stale one (a SYNC
             # answer served before its source heard of the purge, a handoff, a
             # late REPLICATE): not stored again (docs/cluster.md, "Purged dead

@@ -199,7 +199,7 @@ def tombstones_apart(engine: Engine) -> dict[str, int]:
     ``max_tombstones``, their bounds and the refusals past them -- cancels
     kept ahead of their copy (this module), ends heard ahead of their
     copy (:mod:`miyaq.cluster.ends_ahead`) and the marks of dead letters
-    purged (:meth:`~miyaq.store.table.TaskTable.mark_purged`: at most
+    purged (:class:`~miyaq.store.purge_marks.PurgeMarks`: at most
     ``max_tombstones``, the oldest forgotten past it)."""
     table = engine.table
     return {"cancels_ahead": len(table.ahead), "max_cancels_ahead": table.max_ahead,

@@ -44,7 +44,7 @@ class DeadLetters(Transitions):
                    between: Callable[[], None] = lambda: None) -> int:
         """Drop dead tasks for good (``ids``, or every one of ``queue``, or
         all); how many. ``between`` as for :meth:`dead_retry`. Each id purged
-        is remembered (:meth:`~miyaq.store.table.TaskTable.mark_purged`,
+        is remembered (:class:`~miyaq.store.purge_marks.PurgeMarks`,
         bounded as the tombstones are), so a stale dead copy of it -- a SYNC
         answer served before another holder heard of the purge, a handoff,
         a late REPLICATE -- is not stored again (docs/cluster.md, "Purged
@@ -57,7 +57,7 @@ class DeadLetters(Transitions):
             if task is None:
                 continue
             self._count(task.queue)[DEAD] -= 1
-            self.table.mark_purged(task_id, wall())     # before the listeners: the log writes when
+            self.table.purged.mark(task_id, wall())     # before the listeners: the log writes when
             for listener in self.listeners:
                 listener.task_purged(task)
             # Gone for good: a stale lease-timer entry (dropped lazily) may

@@ -163,7 +163,7 @@ class Persistence(EngineListener):
     def task_purged(self, task: Task) -> None:
         # "at" (since 2026-12-07; a replay of an older build ignores it): when,
         # so a replay remembers the purge for tombstone_ttl as the node did
-        # (TaskTable.mark_purged). Dead letters evicted or handed off are not marked.
+        # (TaskTable.purged). Dead letters evicted or handed off are not marked.
         when = self.engine.table.purged.get(task.id)
         self._add({"o": "P", "id": task.id} if when is None else {"o": "P", "id": task.id, "at": when})
 
@@ -209,7 +209,7 @@ class Persistence(EngineListener):
         ahead, kept = self.engine.cancels_ahead.marked()
         table = self.engine.table
         ends = frozenset(table.ends_ahead)
-        # Dead letters purged (TaskTable.mark_purged) whose id is not used
+        # Dead letters purged (TaskTable.purged) whose id is not used
         # again: a P record each, with when, after everything else.
         purged = [{"o": "P", "id": i, "at": at} for i, at in table.purged.items()
                   if i not in table.live and i not in table.dead and i not in table.tombstones]

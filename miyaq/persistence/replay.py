@@ -99,7 +99,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             continue
         if op == "A":
             table.drop_tombstone(task_id)      # the id used again: its older end is not the task's
-            table.forget_purged(task_id)
+            table.purged.forget(task_id)
             tasks.pop(task_id, None)
             tasks[task_id] = accepted
             continue
@@ -118,7 +118,7 @@ def replay(engine: Engine, log: AppendLog, now: float, refusals: Refusals) -> Re
             at = r.get("at")        # a purge of a dead letter (since 2026-12-07): remembered for tombstone_ttl
             if isinstance(at, (int, float)) and not isinstance(at, bool) and now - too_old < at <= now \
                     and task_id not in table.tombstones:
-                table.mark_purged(task_id, float(at))
+                table.purged.mark(task_id, float(at))
         task = tasks.get(task_id)
         if task is None:
             continue

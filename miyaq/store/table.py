@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 
 from .stones import Tombstone, Tombstones, _as_stone, error_bytes, stone_bytes
 from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
+from .purge_marks import PurgeMarks
 from .task_bytes import held_bytes
 
 __all__ = ["TaskTable", "Tombstone", "Tombstones", "error_bytes", "stone_bytes", "LiveTasks", "TableSnapshot"]
@@ -132,11 +133,10 @@ class TaskTable:
         #: Ends ahead refused because the table held ``max_ends_ahead`` of
         #: them (counted by the caller: STATUS ``tombstones_apart``).
         self.ends_ahead_refused = 0
-        #: Ids of the dead letters purged here (:meth:`mark_purged`), with
-        #: when (wall clock), oldest first: a stale dead copy of one (a SYNC
-        #: answer, a handoff, a late REPLICATE) is not stored again. At most
-        #: ``max_tombstones``, each for ``tombstone_ttl`` (:meth:`sweep`).
-        self.purged: OrderedDict[str, float] = OrderedDict()
+        #: The dead letters purged here, with when: a stale dead copy of one
+        #: (a SYNC answer, a handoff, a late REPLICATE) is not stored again.
+        #: At most ``max_tombstones``, each for ``tombstone_ttl`` (:meth:`sweep`).
+        self.purged = PurgeMarks(max_tombstones)
         self.max_tombstones = max_tombstones     # sets _stone_cap too
         self.tombstone_ttl = tombstone_ttl
         self.max_dead = max_dead
@@ -157,6 +157,7 @@ class TaskTable:
     @max_tombstones.setter
     def max_tombstones(self, value: int) -> None:
         self._max_tombstones = value
+        self.purged.limit = max(value, 1)
         self._stone_cap = value + len(self.ahead) + len(self.ends_ahead)   # what bury compares with: one read
 
     # -- live -------------------------------------------------------------
@@ -165,8 +166,7 @@ class TaskTable:
         self.payload_bytes += held_bytes(task)
         if task.key is not None:
             self.keys[task.key] = task.id
-        if self.purged:
-            self.purged.pop(task.id, None)      # the id used again: no purged dead letter any more
+        self.purged.forget(task.id)     # the id used again: no purged dead letter any more
 
     def remove(self, task: Task) -> None:
         """Take a live or dead task out of the table (no tombstone)."""
@@ -304,14 +304,10 @@ class TaskTable:
 
     def sweep(self, now: float, limit: int = 10_000) -> int:
         """Drop tombstones older than the ttl (oldest first), and the marks of
-        dead letters purged longer ago than that (:meth:`mark_purged`, up to
+        dead letters purged longer ago than that (:attr:`purged`, up to
         ``limit`` of them too). Returns how many tombstones."""
         cutoff = now - self.tombstone_ttl
-        purged = self.purged
-        n = 0
-        while purged and n < limit and next(iter(purged.values())) <= cutoff:
-            purged.popitem(last=False)
-            n += 1
+        self.purged.sweep(cutoff, limit)
         dropped = 0
         while dropped < limit:
             stone = self.tombstones.oldest()
@@ -384,28 +380,6 @@ class TaskTable:
             if task.key is not None and self.keys.get(task.key) == task.id:
                 del self.keys[task.key]
         return task
-
-    def mark_purged(self, task_id: str, when: float) -> None:
-        """Remember that the dead letter ``task_id`` was purged at ``when``
-        (wall clock), so a stale dead copy of it is not stored again
-        (:meth:`was_purged`; docs/cluster.md, "Purged dead letters stay
-        purged"). Bounded as the tombstones are: at most ``max_tombstones``
-        (the oldest forgotten first: its id is then as unknown as before
-        2026-12-07) and for ``tombstone_ttl`` (:meth:`sweep`)."""
-        purged = self.purged
-        purged.pop(task_id, None)
-        purged[task_id] = when
-        while len(purged) > max(self._max_tombstones, 1):
-            purged.popitem(last=False)
-
-    def was_purged(self, task_id: str) -> bool:
-        """Whether ``task_id`` is a dead letter purged here (:meth:`mark_purged`)."""
-        return task_id in self.purged if self.purged else False
-
-    def forget_purged(self, task_id: str) -> None:
-        """``task_id`` is no purged dead letter any more (its id used again)."""
-        if self.purged:
-            self.purged.pop(task_id, None)
 
     def revive(self, task_id: str) -> Task | None:
         task = self.dead.pop(task_id, None)
