@@ -211,6 +211,9 @@ HANDOFF_SLICE = 2000
 #: Tasks in one SYNC answer, and the newest tombstones it carries.
 RESYNC_CHUNK = 1000
 RESYNC_STONES = 5000
+#: The newest purge marks (dead letters purged) a resync's answers carry,
+#: past its tasks (miyaq.cluster.sync).
+RESYNC_PURGED = 5000
 #: One SYNC request waits this long for its answer -- or the node's
 #: ``peer_heartbeat_timeout`` when that is longer (a slow link's).
 RESYNC_TIMEOUT = 5.0

@@ -327,6 +327,11 @@ class Inputs:
             if r.random() < 0.7:
                 body["stones"] = [[self.known_id()] + self.outcome() + [r.choice([None, "k1", 5])]
                                   for _ in range(r.randrange(0, 4))]
+            if r.random() < 0.3:        # purge marks (since 2026-12-07): [id, at], some malformed
+                body["purged"] = [r.choice([[self.known_id(), self.now - r.random() * 60], [self.known_id(), self.now],
+                                            [self.known_id()], [self.known_id(), -1.0], [self.known_id(), 1e20],
+                                            [self.junk(), self.now], self.junk()])
+                                  for _ in range(r.randrange(0, 4))]
         elif command == QUERY:
             ids = request.get("ids") if isinstance(request.get("ids"), list) else []
             body = {"states": {i: r.choice([self.outcome(), ["dead"], ["unknown"],

@@ -2,7 +2,9 @@
 holder, though a copy of them served before the purge is still on its way
 (docs/cluster.md, "Purged dead letters stay purged"): a SYNC answer of a
 restarted holder's resync, and the same after a restart of the holder that
-heard the purge (its log's ``P`` records say when). In-process
+heard the purge (its log's ``P`` records say when); and a holder that
+missed the purge's ``P`` events drops its dead copies at its next resync
+(the SYNC answers carry the purge marks). In-process
 (miyaq.testing.inprocess), with a log on every node."""
 from __future__ import annotations
 
@@ -69,8 +71,8 @@ def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_l
     purge (cut off); n3 hears it, restarts from its log, and resyncs from
     n2, whose answer still holds the dead letters: n3 must not store them
     again (its log's ``P`` records say when they were purged). n2's own
-    copies stay -- a purge whose ``P`` event was lost is not repaired
-    (docs/cluster.md)."""
+    copies stay until its resyncs bring it the purge marks: those answers
+    are held here until n3 has had n2's answer."""
     cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
     ids = _dead_letters(cluster, 3)
     cluster.net.cut("n2")
@@ -78,6 +80,7 @@ def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_l
     cluster.wait_until(lambda: set(_holding(cluster, ids)) == {"n2"}, what="n1 and n3 to let the tasks go")
     cluster.stop_node("n3")
     answers = cluster.net.messages("ANSWER", src="n2", dst="n3", answering="SYNC")
+    to_n2 = cluster.net.hold("ANSWER", dst="n2", answering="SYNC")
     cluster.net.heal("n2")
     cluster.start_node("n3")
     cluster.wait_until(lambda: any(ids[0] in m.task_ids() for m in cluster.net.messages(
@@ -85,4 +88,33 @@ def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_l
         what="n2's answer to n3's resync, with the dead letters")
     cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
     assert set(_holding(cluster, ids)) == {"n2"}
+    to_n2.release()
+    cluster.wait_until(lambda: not _holding(cluster, ids), what="n2 to drop its copies at its resync")
+    assert not cluster.crashes()
+
+
+def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(inproc):
+    """Fault (review38, documented as a limit until 2026-12-07): a holder
+    cut off while another purged the dead letters never heard the ``P``
+    events, and a resync did not repair it (the answers list the tasks
+    their source holds, and a purged task is one it lacks): n3 kept its
+    dead copies -- in its ``/dead`` listing, and handed back to others.
+    The answers now carry the source's purge marks, and n3, healed, drops
+    its dead copies at its resync and remembers the purge. A dead letter
+    that was not purged stays dead on every holder."""
+    cluster = inproc(3, replicas=3)
+    ids = _dead_letters(cluster, 4)
+    purged, kept = ids[:3], ids[3]
+    cluster.net.cut("n3")
+    assert cluster["n1"].engine.dead_purge(None, purged) == len(purged)
+    cluster.wait_until(lambda: set(_holding(cluster, purged)) == {"n3"}, what="n1 and n2 to let the tasks go")
+    cluster.net.heal("n3")
+    cluster.wait_until(lambda: not _holding(cluster, purged), what="n3 to drop the dead letters at its resync")
+    assert any(m.body.get("purged") for m in cluster.net.messages("ANSWER", dst="n3", answering="SYNC")
+               if m.fate == "delivered")         # it learnt them from a SYNC answer
+    cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
+    assert not _holding(cluster, purged)
+    assert all(kept in cluster[n].engine.table.dead for n in NODES)
+    assert [t.id for t in cluster["n3"].engine.table.iter_dead()] == [kept]
+    assert tombstones_apart(cluster["n3"].engine)["purged"] == len(purged)    # remembered there too
     assert not cluster.crashes()

@@ -43,21 +43,34 @@ which applies the stones of every answer, gets them all. A tombstone gone
 since the snapshot is skipped. Before 2026-12-06 they came on cursor 0
 only, as many as half the message held: a node restarted empty got back 7
 of 20 outcomes of 1 MiB and took the resends of the others for new tasks.
+
+It holds the ids of the ``RESYNC_PURGED`` newest purge marks too (dead
+letters purged here: :class:`~miyaq.store.purge_marks.PurgeMarks`), sent
+``[id, at]`` in the pages past the tasks (``purged``), as many as fit a
+quarter of the message, at least one on a page that carries no tombstone:
+the cursor past the tasks counts the tombstones and the marks sent or
+skipped. The asker drops its dead copy of a marked id made before that
+purge -- its ``P`` event was lost (a holder cut off or down while another
+purged) -- and remembers the purge (:meth:`Resync._drop_purged`). Before
+2026-12-07 a resync did not repair a lost purge: the holder kept its dead
+copy, listed it and could hand it back. An asker of an older build ignores
+the field (its pages of marks only are empty to it); a source of an older
+build sends none.
 """
 from __future__ import annotations
 
 import logging
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.peer_clock import clock_shift
+from miyaq.cluster.peer_clock import clock_shift, moved
 from miyaq.cluster.peer_requests import SYNC
 from miyaq.cluster.sizes import (
     EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, RECORD_ALLOWANCE, record_size,
 )
-from miyaq.constants import RESYNC_CHUNK, RESYNC_STONES, RESYNC_TIMEOUT
+from miyaq.constants import RESYNC_CHUNK, RESYNC_PURGED, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
-from miyaq.protocol.recordspec import task_from_record
+from miyaq.protocol.recordspec import check_purge_mark, task_from_record
 from miyaq.runtime import green, monotonic, wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING, revivals
@@ -119,6 +132,9 @@ class Resync:
         tasks_left = cursor < len(ids)
         stones, stones_end, size, payload = self._stones(snapshot, cursor, budget, alone=not tasks_left)
         answer: dict[str, Any] = {"stones": stones}
+        marks_end = snapshot.marks_at.get(cursor, len(snapshot.marks))
+        if not tasks_left:      # past the tasks: the purge marks, beside the tombstones
+            answer["purged"], marks_end = self._marks(snapshot, cursor, budget // 4, alone=not stones)
         following = len(ids)
         first: list[dict[str, Any]] = []
         if tasks_left:
@@ -134,17 +150,43 @@ class Resync:
         answer["tasks"] = first
         if following < len(ids):
             answer["next"] = following
-        elif stones_end < len(snapshot.stones):
-            # Past the tasks' positions: pages of tombstones only, each
-            # carrying at least one, so the cursor still grows.
-            answer["next"] = len(ids) + stones_end
+        elif stones_end < len(snapshot.stones) or marks_end < len(snapshot.marks):
+            # Past the tasks' positions: pages of tombstones and purge marks
+            # only, each carrying at least one, so the cursor still grows.
+            answer["next"] = len(ids) + stones_end + marks_end
         else:
             answer["next"] = None
         if answer["next"] is None:
             self._snapshots.pop(sender, None)
         else:
             snapshot.stones_at[answer["next"]] = stones_end
+            snapshot.marks_at[answer["next"]] = marks_end
         return answer
+
+    def _marks(self, snapshot: _Snapshot, cursor: int, room: int, alone: bool) -> tuple[list[list[Any]], int]:
+        """The purge marks of the answer at ``cursor`` (``[id, at]``): from
+        where the page before it stopped, as many as fit ``room`` bytes --
+        at least one when ``alone`` (no tombstone on the page). A mark
+        forgotten since the snapshot (its ttl, its id used again) is
+        skipped. Returns them and the position the next page starts from."""
+        start = snapshot.marks_at.get(cursor)
+        if start is None:       # no snapshot kept: none
+            return [], len(snapshot.marks)
+        purged = self.role.engine.table.purged
+        marks: list[list[Any]] = []
+        size = 0
+        position = start
+        while position < len(snapshot.marks):
+            task_id = snapshot.marks[position]
+            at = purged.get(task_id)
+            if at is not None:
+                weight = len(task_id) + 14      # ids are ASCII (check_id); the pair's headers and the float
+                if size + weight > room and (marks or not alone):
+                    break
+                size += weight
+                marks.append([task_id, at])
+            position += 1
+        return marks, position
 
     def _stones(self, snapshot: _Snapshot, cursor: int, budget: int,
                 alone: bool) -> tuple[list[list[Any]], int, int, int]:
@@ -215,6 +257,8 @@ class Resync:
             if fresh:
                 snapshot.stones = [s.id for s in self.role.engine.table.tombstones.newest(RESYNC_STONES)]
                 snapshot.stones_at[0] = 0
+                snapshot.marks = self.role.engine.table.purged.newest(RESYNC_PURGED)
+                snapshot.marks_at[0] = 0
             while len(self._snapshots) >= MAX_SYNC_SNAPSHOTS:
                 del self._snapshots[min(self._snapshots, key=lambda a: self._snapshots[a].used)]
         snapshot.used = now
@@ -276,6 +320,7 @@ class Resync:
                     mine.standby = True
                     lease_end = theirs.lease_end + shift if theirs.lease_end else now    # onto our clock
                     engine.defer(mine, lease_end + role.offset_for(mine, minimum=1))
+            self._drop_purged(src, _items(answer.get("purged")), shift, now)
         following = answer.get("next")
         if type(following) is int and following > cursor:     # always forward: a resync ends
             self._ask(src, following, number)
@@ -284,17 +329,43 @@ class Resync:
             role.subscriber.resync_done(src, number, complete=True)
 
 
+    def _drop_purged(self, src: str, marks: list[Any], shift: float, now: float) -> None:
+        """``src`` purged these dead letters (``[id, at]``, each checked
+        first; a bad one is refused, counted and skipped): a dead copy here
+        made before that purge is purged too, its purge remembered from
+        ``at`` (on this node's clock). Only a dead copy: a live one of that
+        id, or a dead one made after the purge, is a task submitted again
+        with the same id. Under :meth:`~miyaq.cluster.holder_events.HolderEvents.applying_remote`."""
+        role = self.role
+        dead = role.engine.table.dead
+        for mark in marks:
+            try:
+                task_id, at = check_purge_mark(mark)
+            except InvalidField as err:
+                role.refusals.refuse("sync", src, err)
+                continue
+            mine = dead.get(task_id)
+            if mine is None or mine.state != DEAD:
+                continue
+            at = min(moved(at, shift), now)
+            if mine.created <= at:
+                role.engine.dead_purge(None, [task_id], at=at)
+
+
 class _Snapshot:
     """What a resync's cursor 0 saw: ``ids``, the tasks shared with the
     asker (a cursor below ``len(ids)`` is a position in it); ``stones``, the
     ids of the newest tombstones, newest first; ``stones_at``, for each
-    cursor handed out, where in ``stones`` its answer starts."""
-    __slots__ = ("ids", "stones", "stones_at", "used")
+    cursor handed out, where in ``stones`` its answer starts; ``marks`` and
+    ``marks_at``, the same for the newest purge marks."""
+    __slots__ = ("ids", "stones", "stones_at", "marks", "marks_at", "used")
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = ids
         self.stones: list[str] = []
         self.stones_at: dict[int, int] = {}
+        self.marks: list[str] = []
+        self.marks_at: dict[int, int] = {}
         self.used = 0.0          # monotonic time last used
 
 

@@ -41,9 +41,11 @@ class DeadLetters(Transitions):
         return revived
 
     def dead_purge(self, queue: str | None, ids: Iterable[str] | None = None,
-                   between: Callable[[], None] = lambda: None) -> int:
+                   between: Callable[[], None] = lambda: None, at: float | None = None) -> int:
         """Drop dead tasks for good (``ids``, or every one of ``queue``, or
-        all); how many. ``between`` as for :meth:`dead_retry`. Each id purged
+        all); how many. ``between`` as for :meth:`dead_retry`; ``at``, when
+        the purge was made (wall clock; now when None: another holder's, heard
+        late, keeps its time -- miyaq.cluster.sync). Each id purged
         is remembered (:class:`~miyaq.store.purge_marks.PurgeMarks`,
         bounded as the tombstones are), so a stale dead copy of it -- a SYNC
         answer served before another holder heard of the purge, a handoff,
@@ -57,7 +59,7 @@ class DeadLetters(Transitions):
             if task is None:
                 continue
             self._count(task.queue)[DEAD] -= 1
-            self.table.purged.mark(task_id, wall())     # before the listeners: the log writes when
+            self.table.purged.mark(task_id, wall() if at is None else at)    # before the listeners: the log writes when
             for listener in self.listeners:
                 listener.task_purged(task)
             # Gone for good: a stale lease-timer entry (dropped lazily) may

@@ -271,6 +271,13 @@ def check_stone(stone: Any, config: NodeConfig) -> tuple[str, str, bytes | None,
     return task_id, state, result, error, key
 
 
+def check_purge_mark(mark: Any) -> tuple[str, float]:
+    """A SYNC answer's purge mark ``[id, at]``: a dead letter purged at ``at`` (since 2026-12-07)."""
+    if not isinstance(mark, list) or len(mark) != 2:
+        raise InvalidField("a purge mark must be [id, at]", field="purged")
+    return check_id(mark[0]), check_time(mark[1], "at")
+
+
 def _check_stone_key(key: Any) -> None:
     """A tombstone's routing key: nil, or 1 to 256 characters."""
     if key is not None and (type(key) is not str or not 0 < len(key) <= 256):

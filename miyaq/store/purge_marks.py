@@ -11,6 +11,7 @@ its id is then as unknown as before 2026-12-07), each for ``tombstone_ttl``
 """
 from __future__ import annotations
 
+import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 
@@ -54,6 +55,10 @@ class PurgeMarks:
         """``task_id`` is no purged dead letter any more (its id used again)."""
         if self._marks:
             self._marks.pop(task_id, None)
+
+    def newest(self, n: int) -> list[str]:
+        """The ids of the ``n`` newest marks, newest first (a SYNC answer's: miyaq.cluster.sync)."""
+        return list(itertools.islice(reversed(self._marks), n))
 
     def items(self) -> Iterator[tuple[str, float]]:
         """Every mark (id, when), oldest first."""

@@ -1,0 +1,103 @@
+"""The purge marks a SYNC answer carries (docs/cluster.md, "Purged dead
+letters stay purged"): which dead copies the asker drops for them, how a bad
+mark is refused, and how the marks are paged within ``max_message``. The
+end-to-end case (a holder cut off during a purge) is in
+test_inproc_purge_after_restart.py. In-process (miyaq.testing.inprocess)."""
+from __future__ import annotations
+
+import msgpack
+import pytest
+
+from miyaq.constants import RESYNC_PURGED
+from miyaq.runtime import wall
+
+pytestmark = pytest.mark.timeout(90)
+
+NODES = ("n1", "n2", "n3")
+
+
+def _dead_letter(cluster) -> str:
+    """A task led by n1, dead-lettered on every holder."""
+    task_id = cluster.task_led_by("n1")
+    cluster.submit_accepted("n1", task_id, body=b"x")
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: worker.runs(task_id), what=f"{task_id} to run")
+    worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
+    cluster.wait_until(lambda: all(task_id in cluster[n].engine.table.dead for n in NODES),
+                       what="every holder to dead-letter it")
+    return task_id
+
+
+def _drop(node, marks: list) -> None:
+    """Apply ``marks`` as n1's SYNC answer would (no clock shift)."""
+    with node.role.events.applying_remote():
+        node.role.resync._drop_purged("n1", marks, 0.0, wall())
+
+
+def test_a_purge_mark_drops_only_a_dead_copy_made_before_that_purge(inproc):
+    """Fault guarded: a purge mark taken for any copy of its id would drop
+    a task submitted again with the id after the purge (its dead copy was
+    made after the mark), or a live copy. Only a dead copy made at or
+    before the purge is purged, and the purge is remembered from its own
+    time."""
+    cluster = inproc(3, replicas=3)
+    task_id = _dead_letter(cluster)
+    n3 = cluster["n3"]
+    created = n3.engine.table.dead[task_id].created
+    _drop(n3, [[task_id, created - 1.0]])          # a purge older than this copy: an earlier task of the id
+    assert task_id in n3.engine.table.dead and not n3.engine.table.purged.was(task_id)
+    waiting = cluster.task_led_by("n1")
+    cluster.submit_accepted("n1", waiting, body=b"x", countdown=3600)
+    cluster.wait_until(lambda: waiting in n3.engine.table.live, what="n3's copy of the waiting task")
+    _drop(n3, [[waiting, wall()]])             # a live copy
+    assert waiting in n3.engine.table.live
+    at = created       # made at the purge's time: dropped (the node's clock has moved on since)
+    _drop(n3, [[task_id, at]])
+    assert task_id not in n3.engine.table.dead
+    assert n3.engine.table.purged.get(task_id) == at     # the purge's time, not this node's
+    assert not cluster.crashes()
+
+
+def test_a_bad_purge_mark_is_refused_counted_and_changes_nothing(inproc):
+    """Fault: a peer's SYNC answer with malformed purge marks (not a pair,
+    a bad id, a time out of range or not a number) must not drop or mark
+    anything, nor break the resync: each is refused and counted."""
+    cluster = inproc(3, replicas=3)
+    task_id = _dead_letter(cluster)
+    n3 = cluster["n3"]
+    before = n3.role.refusals.total()
+    _drop(n3, [[task_id], [task_id, wall(), 1], ["no such id!", wall()], [task_id, -1.0],
+               [task_id, "soon"], [task_id, float("nan")], "junk", [5, wall()]])
+    assert n3.role.refusals.total() - before == 8
+    assert task_id in n3.engine.table.dead and not n3.engine.table.purged.was(task_id)
+    assert not cluster.crashes()
+
+
+def test_a_sync_answers_purge_marks_are_paged_within_max_message_and_bounded(inproc):
+    """Fault guarded: the marks (up to ``max_tombstones`` of them) sent in
+    one answer would pass a peer's ``max_message`` and be dropped whole,
+    every time. With the smallest ``max_message`` allowed, every answer of
+    a resync fits it, the cursor always grows, and the answers carry the
+    ``RESYNC_PURGED`` newest marks, each once -- not the older ones."""
+    max_message = 1024 + 64 * 1024
+    cluster = inproc(2, replicas=2, max_payload=1024, max_message=max_message)
+    n1 = cluster["n1"]
+    now = wall()
+    ids = [f"{i:06d}".ljust(64, "x") for i in range(RESYNC_PURGED + 100)]
+    for i, task_id in enumerate(ids):
+        n1.engine.table.purged.mark(task_id, now - len(ids) + i)     # the last the newest
+    sent: list[str] = []
+    cursor, pages = 0, 0
+    while True:
+        answer = n1.role.resync.serve("n2", {"cursor": cursor})
+        pages += 1
+        assert len(msgpack.packb(answer)) <= max_message
+        sent += [task_id for task_id, _ in answer.get("purged", [])]
+        if answer["next"] is None:
+            break
+        assert answer["next"] > cursor
+        cursor = answer["next"]
+        assert pages < 1000
+    assert pages > 1
+    assert sorted(sent) == sorted(ids[-RESYNC_PURGED:])
+    assert not cluster.crashes()
