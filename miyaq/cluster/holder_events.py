@@ -249,13 +249,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 if task.standby:
                     engine.defer(task, ev[2] + role.offset_for(task))
             elif op == "R":
-                if task.state == RUNNING:
-                    continue
-                task.attempt = ev[2]
-                engine.keep_error(task, ev[4])
-                task.standby = True
-                eta = ev[3] or now
-                engine.defer(task, eta + role.offset_for(task), RETRYING if ev[3] else SCHEDULED)
+                engine.retry_copy(task, ev[2], ev[4], ev[3], (ev[3] or now) + role.offset_for(task))
             elif op == "D":
                 _dead_elsewhere(role, task, ev)
             elif op == "V":

@@ -43,6 +43,12 @@ class EngineListener:
     def task_revived(self, task: Task) -> None:
         """A dead task was put back in its queue."""
 
+    def copy_retrying(self, task: Task) -> None:
+        """Another holder's retry of the task was applied to this standby
+        copy (:meth:`~miyaq.core.replicas.ReplicaCopies.retry_copy`): its
+        attempt, error and ``eta`` (the next attempt's) changed. Not a
+        retry here: no attempt ran or failed on this node."""
+
     def task_purged(self, task: Task) -> None:
         """A dead task was dropped for good."""
 

@@ -79,6 +79,28 @@ class ReplicaCopies(Transitions):
         target = state or (SCHEDULED if task.state == READY else task.state)
         self._schedule(task, when, target)
 
+    def retry_copy(self, task: Task, attempt: int, error: dict[str, Any] | None, eta: float,
+                   when: float) -> None:
+        """Another holder retries the task (an ``R`` event): ``eta``, when its
+        next attempt is due (0.0: put back, ready there at once). This copy
+        takes its attempt and error and waits as a standby until ``when``;
+        a retry also takes its ``eta``, and is written to the log
+        (:meth:`~miyaq.core.listener.EngineListener.copy_retrying`), so a
+        restart brings the copy back retrying, its attempt and error kept
+        (before 2026-12-07 it came back ``scheduled`` at attempt 0, without
+        its error: review38). A running copy is left alone."""
+        if task.state == RUNNING:
+            return
+        task.attempt = attempt
+        self.keep_error(task, error)
+        task.standby = True
+        if eta:
+            task.eta = eta
+        self.defer(task, when, RETRYING if eta else SCHEDULED)
+        if eta and task.state == RETRYING:
+            for listener in self.listeners:
+                listener.copy_retrying(task)
+
     def take_over(self, task: Task, now: float) -> None:
         """A standby copy found no earlier holder running it: run it here."""
         task.standby = False

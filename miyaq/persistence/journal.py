@@ -132,6 +132,11 @@ class Persistence(EngineListener):
         self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error,
                    "eta": task.eta if task.state == RETRYING else 0.0})
 
+    def copy_retrying(self, task: Task) -> None:
+        # Another holder's retry, on a standby copy: as this node's own retry
+        # writes it, so a restart keeps the attempt and the error (review38).
+        self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error, "eta": task.eta})
+
     def task_ready(self, task: Task) -> None:
         buffer = self.writer.buffer
         if buffer and buffer[-1]["id"] == task.id and buffer[-1]["o"] == "A":
