@@ -8,6 +8,8 @@ missed the purge's ``P`` events drops its dead copies at its next resync
 (miyaq.testing.inprocess), with a log on every node."""
 from __future__ import annotations
 
+import logging
+
 from miyaq.core.cancels_ahead import tombstones_apart
 
 import pytest
@@ -93,7 +95,7 @@ def test_a_holder_restarted_after_a_purge_still_drops_a_stale_copy_of_the_dead_l
     assert not cluster.crashes()
 
 
-def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(inproc):
+def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(inproc, caplog):
     """Fault (review38, documented as a limit until 2026-12-07): a holder
     cut off while another purged the dead letters never heard the ``P``
     events, and a resync did not repair it (the answers list the tasks
@@ -102,6 +104,7 @@ def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(i
     The answers now carry the source's purge marks, and n3, healed, drops
     its dead copies at its resync and remembers the purge. A dead letter
     that was not purged stays dead on every holder."""
+    caplog.set_level(logging.INFO, logger="miyaq.cluster.sync")
     cluster = inproc(3, replicas=3)
     ids = _dead_letters(cluster, 4)
     purged, kept = ids[:3], ids[3]
@@ -117,4 +120,5 @@ def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(i
     assert all(kept in cluster[n].engine.table.dead for n in NODES)
     assert [t.id for t in cluster["n3"].engine.table.iter_dead()] == [kept]
     assert tombstones_apart(cluster["n3"].engine)["purged"] == len(purged)    # remembered there too
+    assert any("it had purged" in r.getMessage() for r in caplog.records)      # the operator is told
     assert not cluster.crashes()

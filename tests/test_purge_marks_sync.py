@@ -31,7 +31,7 @@ def _dead_letter(cluster) -> str:
 def _drop(node, marks: list) -> None:
     """Apply ``marks`` as n1's SYNC answer would (no clock shift)."""
     with node.role.events.applying_remote():
-        node.role.resync._drop_purged("n1", marks, 0.0, wall())
+        node.role.resync.apply_purge_marks("n1", marks, 0.0, wall())
 
 
 def test_a_purge_mark_drops_only_a_dead_copy_made_before_that_purge(inproc):

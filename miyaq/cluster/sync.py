@@ -51,7 +51,7 @@ quarter of the message, at least one on a page that carries no tombstone:
 the cursor past the tasks counts the tombstones and the marks sent or
 skipped. The asker drops its dead copy of a marked id made before that
 purge -- its ``P`` event was lost (a holder cut off or down while another
-purged) -- and remembers the purge (:meth:`Resync._drop_purged`). Before
+purged) -- and remembers the purge (:meth:`Resync.apply_purge_marks`). Before
 2026-12-07 a resync did not repair a lost purge: the holder kept its dead
 copy, listed it and could hand it back. An asker of an older build ignores
 the field (its pages of marks only are empty to it); a source of an older
@@ -320,7 +320,7 @@ class Resync:
                     mine.standby = True
                     lease_end = theirs.lease_end + shift if theirs.lease_end else now    # onto our clock
                     engine.defer(mine, lease_end + role.offset_for(mine, minimum=1))
-            self._drop_purged(src, _items(answer.get("purged")), shift, now)
+            self.apply_purge_marks(src, _items(answer.get("purged")), shift, now)
         following = answer.get("next")
         if type(following) is int and following > cursor:     # always forward: a resync ends
             self._ask(src, following, number)
@@ -328,16 +328,16 @@ class Resync:
             self.completed += 1
             role.subscriber.resync_done(src, number, complete=True)
 
-
-    def _drop_purged(self, src: str, marks: list[Any], shift: float, now: float) -> None:
+    def apply_purge_marks(self, src: str, marks: list[Any], shift: float, now: float) -> None:
         """``src`` purged these dead letters (``[id, at]``, each checked
         first; a bad one is refused, counted and skipped): a dead copy here
         made before that purge is purged too, its purge remembered from
         ``at`` (on this node's clock). Only a dead copy: a live one of that
         id, or a dead one made after the purge, is a task submitted again
-        with the same id. Under :meth:`~miyaq.cluster.holder_events.HolderEvents.applying_remote`."""
+        with the same id. Under :meth:`~miyaq.cluster.holder_events.EventPublisher.applying_remote`."""
         role = self.role
         dead = role.engine.table.dead
+        purged = 0
         for mark in marks:
             try:
                 task_id, at = check_purge_mark(mark)
@@ -349,7 +349,10 @@ class Resync:
                 continue
             at = min(moved(at, shift), now)
             if mine.created <= at:
-                role.engine.dead_purge(None, [task_id], at=at)
+                purged += role.engine.dead_purge(None, [task_id], at=at)
+        if purged:
+            logger.info("resync from %s: purged %d dead letter(s) it had purged (their P events did not reach "
+                        "this node)", src, purged)
 
 
 class _Snapshot:
