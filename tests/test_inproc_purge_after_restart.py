@@ -122,3 +122,26 @@ def test_a_holder_that_missed_a_purge_drops_its_dead_copies_at_its_next_resync(i
     assert tombstones_apart(cluster["n3"].engine)["purged"] == len(purged)    # remembered there too
     assert any("it had purged" in r.getMessage() for r in caplog.records)      # the operator is told
     assert not cluster.crashes()
+
+
+def test_a_holder_down_during_a_purge_drops_its_dead_copies_when_it_restarts_from_its_log(inproc, tmp_path):
+    """Fault (review38): the same as a holder cut off, for one down while
+    another purged: restarted from its log, n3 brought its dead copies
+    back and kept them -- its reconcile's resyncs did not carry the purge.
+    They do now, and its log says the purge (a second restart keeps them
+    purged)."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    ids = _dead_letters(cluster, 3)
+    cluster.stop_node("n3")
+    assert cluster["n1"].engine.dead_purge(None, ids) == len(ids)
+    cluster.wait_until(lambda: not _holding(cluster, ids), what="n1 and n2 to let the tasks go")
+    cluster.start_node("n3")
+    cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
+    cluster.wait_until(lambda: not _holding(cluster, ids), what="n3 to drop the dead letters it restored")
+    cluster.stop_node("n3")
+    answers = cluster.net.hold("ANSWER", dst="n3", answering="SYNC")
+    cluster.start_node("n3")
+    assert not _holding(cluster, ids)       # as replayed, no resync answered yet
+    assert all(cluster["n3"].engine.table.purged.was(t) for t in ids)
+    answers.release()
+    assert not cluster.crashes()
