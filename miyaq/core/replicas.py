@@ -94,10 +94,12 @@ class ReplicaCopies(Transitions):
         task.attempt = attempt
         self.keep_error(task, error)
         task.standby = True
+        if task.state not in (SCHEDULED, READY, RETRYING):
+            return      # dead here: the attempt and error only, as ever
         if eta:
             task.eta = eta
         self.defer(task, when, RETRYING if eta else SCHEDULED)
-        if eta and task.state == RETRYING:
+        if eta:
             for listener in self.listeners:
                 listener.copy_retrying(task)
 
