@@ -324,8 +324,9 @@ class NodeMetrics:
                                      ["method", "route", "status"], registry=self.registry)
         self.http_refusals = Counter("miyaq_http_refused", "HTTP connections and requests refused before a "
                                      "handler ran (client_limit, header_timeout, tls_handshake, malformed, "
-                                     "headers_too_large, open_files, body_budget), or cut for an answer not "
-                                     "taken in time (send_timeout)",
+                                     "headers_too_large, open_files, body_budget), an answer refused for "
+                                     "http_answer_budget (answer_budget), or cut for an answer not taken in time "
+                                     "(send_timeout)",
                                      ["reason"], registry=self.registry)
         self.webhooks = Counter("miyaq_webhook_deliveries", "Webhook attempts by queue and result "
                                 "(2xx, 4xx, 429, 5xx, timeout, connection, invalid, forbidden)",

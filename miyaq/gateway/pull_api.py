@@ -103,13 +103,20 @@ class PullApi:
         body = _fields(request, RECEIVE_FIELDS)
         queues = receive_queues(body)
         timeout = f.number(body, "timeout", default_timeout, hi=MAX_LONG_POLL) if blocking else 0.0
-        answer = self._take(queues, timeout, principal(self.auth, request), request.connection,
-                            self._token_check(request))
+        by = principal(self.auth, request)
+        leased: list[tuple[str, int]] = []
+        answer = self._take(queues, timeout, by, request.connection, self._token_check(request), leased)
         if answer is None:
             return json_response({"task": None})
         if isinstance(answer, MiyaqError):
             raise answer
-        return Response(200, answer, [("Content-Type", "application/json")])
+        return LeaseAnswer(answer, lambda: self.give_back(leased, by))
+
+    def give_back(self, leased: list[tuple[str, int]], by: str) -> None:
+        """The task leased to a receive whose answer was refused unsent (the
+        gateway's answer budget): back to its queue as it was, no attempt spent."""
+        if leased:
+            self.engine.give_back(*leased[0], by, wall())
 
     def _token_check(self, request: Request) -> TokenCheck:
         """Where this request's long-poll is parked in the waiters (its
@@ -118,8 +125,9 @@ class PullApi:
         403) and how it looks at its token again when it ends."""
         return TokenCheck(self.auth.tokens, bearer_token(request), Role.WORKER, "receive tasks")
 
-    def _take(self, queues: list[str], timeout: float, by: str,
-              connection: Any | None = None, token: TokenCheck | None = None) -> bytes | MiyaqError | None:
+    def _take(self, queues: list[str], timeout: float, by: str, connection: Any | None = None,
+              token: TokenCheck | None = None, leased: list[tuple[str, int]] | None = None
+              ) -> bytes | MiyaqError | None:
         """The JSON answer for one task leased to this request (as ``by``), None if none
         came in time, or the error that made one be given back unleased. A
         long-poll whose client hangs up (:mod:`miyaq.gateway.hangup`) is
@@ -128,11 +136,13 @@ class PullApi:
         ``token`` was removed, or lost the worker role, while it waited: it
         is answered 401 or 403 (:func:`~miyaq.gateway.tokens.parked_refusal`),
         whether the reload's hook ended it (Gateway.tokens_revoked: nothing
-        was leased) or a task was leased to it in the instant before."""
+        was leased) or a task was leased to it in the instant before.
+        ``leased``: given, the (id, attempt) of the task leased is put in it."""
         dispatcher = self.dispatcher
         now = wall()
         box: green.AsyncResult = green.AsyncResult()
-        leased: list[tuple[str, int]] = []
+        if leased is None:
+            leased = []
 
         def answer(info: dict[str, Any] | None) -> bool:
             if box.ready():
@@ -302,6 +312,20 @@ def _fields(request: Request, known: frozenset[str]) -> dict[str, Any]:
         raise InvalidField(f"unknown field {unknown[0]!r}; this request takes {', '.join(sorted(known))}",
                            field=unknown[0])
     return body
+
+
+class LeaseAnswer(Response):
+    """The 200 answer of a receive that leased a task: refused unsent (the
+    gateway's answer budget), the task goes back (``give_back``)."""
+
+    __slots__ = ("give_back",)
+
+    def __init__(self, body: bytes, give_back: Callable[[], None]) -> None:
+        super().__init__(200, body, [("Content-Type", "application/json")])
+        self.give_back = give_back
+
+    def undo(self) -> None:
+        self.give_back()
 
 
 def _task_answer(info: dict[str, Any]) -> bytes:

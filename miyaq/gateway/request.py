@@ -366,6 +366,11 @@ class Response:
         self.body = body
         self.headers = headers or []
 
+    def undo(self) -> None:
+        """Undo what the request did, its answer refused before a byte of it
+        was sent (:mod:`miyaq.gateway.answers`). Nothing, unless a handler's
+        answer says otherwise (a task leased to ``POST /receive`` goes back)."""
+
 
 def json_response(obj: Any, status: int = 200, headers: list[tuple[str, str]] | None = None) -> Response:
     body = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()

@@ -46,7 +46,8 @@ from miyaq.core.binding import binding, http_port
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, ScheduleBook, StatusReport
 from miyaq.core.waiters import Revoked
-from miyaq.errors import ConfigError, MiyaqError, ShuttingDown
+from miyaq.errors import Busy, ConfigError, MiyaqError, ShuttingDown
+from miyaq.gateway.answers import SMALL_ANSWER, AnswerBudget, HeldAnswer
 from miyaq.gateway.destinations import Destinations
 from miyaq.gateway import tls
 from miyaq.gateway.auth import CHALLENGE, BearerAuth
@@ -90,6 +91,8 @@ class Gateway:
         self.max_body = config.http_max_body
         # The request bodies read and held at once; a refusal counted as a refused request.
         self.bodies = BodyBudget(config.http_body_budget, metrics.http_refused)
+        # The large answers built and not yet handed to the kernel (gateway.answers): bounded as the bodies.
+        self.answers = AnswerBudget(config.http_answer_budget, metrics.http_refused)
         self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.auth.tokens.on_revoked.append(self.tokens_revoked)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
@@ -308,16 +311,29 @@ class Gateway:
             logger.error("HTTP %s %s: a response header holds text no header can carry; answering 500",
                          request.method, route_name)
             response = self._error(MiyaqError("internal error while handling the request"), request)
-        if self.console is not None and self.console.owns(request.path):
-            response = self.console.secured(response)
-        self.metrics.http_request(request.method, route_name, response.status)
-        headers = response.headers + [("Content-Length", str(len(response.body)))]
-        if request.close:
-            headers.append(("Connection", "close"))
-        start_response(f"{response.status} {_phrase(response.status)}", headers)
+        answer: Iterable[bytes] = [response.body]
         if request.method == "HEAD":    # the GET's status and headers, its Content-Length too; no body
-            return [b""]
-        return [response.body]
+            answer = [b""]
+        elif len(response.body) > SMALL_ANSWER:
+            try:
+                answer = self.answers.hold(response.body)    # counted until pywsgi closes it, sent or not
+            except Busy as err:
+                response.undo()          # refused unsent: a task leased to it goes back
+                response = self._error(err, request)
+                answer = [response.body]
+        try:
+            if self.console is not None and self.console.owns(request.path):
+                response = self.console.secured(response)
+            self.metrics.http_request(request.method, route_name, response.status)
+            headers = response.headers + [("Content-Length", str(len(response.body)))]
+            if request.close:
+                headers.append(("Connection", "close"))
+            start_response(f"{response.status} {_phrase(response.status)}", headers)
+        except BaseException:
+            if isinstance(answer, HeldAnswer):    # never handed to the server: nothing would close it
+                answer.close()
+            raise
+        return answer
 
     def _screen(self, request: Request) -> None:
         """Refuse (403) a request whose ``Host`` an open gateway on loopback

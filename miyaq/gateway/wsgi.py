@@ -47,9 +47,10 @@ logger = logging.getLogger(__name__)
 
 #: Reasons a connection or request is refused before the application sees it
 #: (``send_timeout``: the client took no part of an answer in time;
-#: ``body_budget``: a body that would pass ``http_body_budget``, answered 503).
+#: ``body_budget``: a body that would pass ``http_body_budget``, answered 503;
+#: ``answer_budget``: an answer that would pass ``http_answer_budget``, answered 503 instead).
 REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed", "headers_too_large", "open_files",
-            "send_timeout", "body_budget")
+            "send_timeout", "body_budget", "answer_budget")
 
 ACCEPT_PAUSE_MIN = 0.05
 """Seconds the server stops accepting when the process is out of file
