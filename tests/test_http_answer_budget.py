@@ -1,0 +1,273 @@
+"""The large answers a gateway has built and its clients have not taken yet
+are bounded in bytes over all connections (``http_answer_budget``), not
+only in time (``http_body_timeout`` a piece).
+
+The fault simulated throughout: clients that ask for large answers (a
+task's result, a task leased to ``POST /receive``, a listing) and never
+read them. Before the fix each such answer stayed whole in the node until
+its send deadline passed: 200 of 4.2 MB took a node from 182 to 996 MiB,
+100 listings of 26.6 MB from 58 to 2,639 MiB.
+
+No test asserts a duration: each checks what a client was answered and
+what the budget holds, waiting on conditions.
+"""
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from gateway_harness import FIXTURES, Http, metrics_text, read_all
+from gateway_harness import connect_from as connect
+from gateway_harness import wait_for
+
+http_node, api, make_http_node, make_web_worker = FIXTURES
+
+pytestmark = pytest.mark.timeout(90)
+
+RESULT = 600_000        # characters of each task's result: an answer of a little more, held by the node
+BUDGET = 1_500_000      # http_answer_budget here: two such answers, not three
+SMALL_RCVBUF = 4096     # a client that reads nothing keeps its side of the connection small
+
+
+def held(node) -> int:
+    """The bytes of answers the node's gateway counts now."""
+    return node.node.part("gateway").answers.held
+
+
+def finished(node, api: Http, task_id: str, size: int = RESULT) -> int:
+    """Store task ``task_id`` finished with a result of ``size`` characters
+    (through a receive and an ack); the length of the answer to GET its result."""
+    status, _, _ = api.post("/tasks", {"name": "big", "queue": "results", "id": task_id})
+    assert status == 202
+    status, leased, _ = api.post("/receive", {"queues": ["results"]})
+    assert status == 200 and leased["task"]["id"] == task_id, leased
+    status, _, _ = api.post(f"/tasks/{task_id}/ack", {"attempt": leased["task"]["attempt"], "result": "x" * size})
+    assert status == 200
+    status, body, headers = api.get(f"/tasks/{task_id}/result")
+    assert status == 200 and body["result"] == "x" * size
+    return int(headers["content-length"])
+
+
+def ask(node, opened: list[socket.socket], source: str, method: str, path: str, body: bytes = b"") -> socket.socket:
+    """A connection from ``source`` that sends one request and reads nothing."""
+    sock = connect(node, source, opened, rcvbuf=SMALL_RCVBUF)
+    sock.sendall(f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                 f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+def status_of(sock: socket.socket) -> int:
+    """The status of the answer on ``sock``, reading no more than its status line."""
+    line = b""
+    while not line.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        assert chunk, f"the connection closed before an answer: {line!r}"
+        line += chunk
+    return int(line.split()[1])
+
+
+def whole_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One answer read whole: status, headers (lower-case names), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"the connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {name.lower(): value.strip() for name, _, value in (line.partition(":") for line in lines[1:])}
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-answer"
+        body += chunk
+    return int(lines[0].split()[1]), headers, body
+
+
+def test_large_answers_held_by_clients_that_never_read_past_http_answer_budget_are_refused_503(make_http_node):
+    """Attack: clients ask for large results and never read them (before
+    the fix: 200 connections each holding another task's 4.2 MB result took
+    a node from 182 to 996 MiB until http_body_timeout passed; 1,024, the
+    default http_max_connections, 4 GB). Two answers fill a budget of two;
+    the third is answered 503 busy naming the setting, with Retry-After,
+    and counted; small answers still go. A client that goes gives its
+    answer's bytes back, an answer written to its end too, and nothing stays
+    counted at the end."""
+    node = make_http_node(http_answer_budget=BUDGET)
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        size = finished(node, api, "r1")
+        for task_id in ("r2", "r3"):
+            assert finished(node, api, task_id) == size
+        wait_for(lambda: held(node) == 0, "the answers read to their end given back")
+        first = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        second = ask(node, opened, "127.0.0.3", "GET", "/tasks/r2/result")
+        assert status_of(first) == status_of(second) == 200     # being written: counted from before
+
+        third = ask(node, opened, "127.0.0.4", "GET", "/tasks/r3/result")
+        status, headers, body = whole_answer(third)
+        assert status == 503 and headers.get("retry-after") == "1", (status, headers)
+        error = json.loads(body)["error"]
+        assert error["code"] == "busy" and "http_answer_budget" in error["message"], error
+        # An operator sees why, in the family the body budget's refusals are counted in.
+        assert 'miyaq_http_refused_total{reason="answer_budget"} 1.0' in metrics_text(node.url)
+        assert api.get("/tasks/r3")[0] == 200, "a small answer is not counted: it goes"
+        assert held(node) == 2 * size, "the two unread answers are counted, and only they"
+
+        first.close()        # the client goes, its answer unread: its bytes are given back
+        wait_for(lambda: held(node) == size, "the departed client's answer given back")
+        status, body, _ = api.get("/tasks/r3/result")       # now it fits: sent, read, given back
+        assert status == 200 and body["result"] == "x" * RESULT
+        wait_for(lambda: held(node) == size, "the answer read to its end given back")
+    finally:
+        api.close()
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every answer given back")
+
+
+def test_a_task_received_with_its_answer_refused_for_the_budget_goes_back_unspent(make_http_node):
+    """Fault: a pull consumer's receive of a task with large arguments
+    comes while clients that do not read hold the budget. The task was
+    leased to make the answer; refused 503, it goes back to its queue as it
+    was -- no attempt spent, no lease left to run out -- and the next
+    receive, once there is room, gets it as its first attempt."""
+    node = make_http_node(http_answer_budget=1024 * 1024)     # one such answer and a little more
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        size = finished(node, api, "r1")
+        hog = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        assert status_of(hog) == 200       # being written, and counted from before
+        status, _, _ = api.post("/tasks", {"name": "work", "queue": "pull", "id": "big-args",
+                                           "args": ["y" * 500_000]})
+        assert status == 202
+        status, body, headers = api.post("/receive", {"queues": ["pull"]})
+        assert status == 503 and body["error"]["code"] == "busy", body
+        assert "retry-after" in headers
+        status, body, _ = api.get("/tasks/big-args")
+        assert status == 200 and body["task"]["state"] == "ready", body
+        assert body["task"]["attempt"] == 0, "refused unsent: no attempt spent"
+
+        hog.close()
+        wait_for(lambda: held(node) == 0, "the unread answer given back")
+        status, body, _ = api.post("/receive", {"queues": ["pull"]})
+        assert status == 200 and body["task"]["id"] == "big-args" and body["task"]["attempt"] == 1, body
+        assert body["task"]["args"] == ["y" * 500_000]
+    finally:
+        api.close()
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every answer given back")
+
+
+def test_an_answer_many_connections_hold_counts_once(make_http_node):
+    """A large result shown to many connections is one object in the node
+    (TasksApi.shown): three clients that do not read it hold its bytes
+    once, each answered 200 -- counted three times, a budget of two
+    answers would refuse the third."""
+    node = make_http_node(http_answer_budget=BUDGET)
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        size = finished(node, api, "shared")
+        readers = [ask(node, opened, f"127.0.0.{2 + i}", "GET", "/tasks/shared/result") for i in range(3)]
+        assert [status_of(sock) for sock in readers] == [200, 200, 200]
+        assert held(node) == size
+    finally:
+        api.close()
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every answer given back")
+
+
+def test_an_answer_not_taken_within_the_body_timeout_is_given_back(make_http_node):
+    """Fault: a client that never reads, past http_body_timeout: the node
+    cuts it (send_timeout) and its answer's bytes are given back."""
+    node = make_http_node(http_answer_budget=BUDGET, http_body_timeout=1.0)
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        size = finished(node, api, "r1")
+        api.close()
+        ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        wait_for(lambda: held(node) == size, "the unread answer counted")
+        wait_for(lambda: held(node) == 0, "the answer cut for its send deadline given back")
+        assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics_text(node.url)
+    finally:
+        for sock in opened:
+            sock.close()
+
+
+def test_an_answer_whose_write_fails_with_an_unexpected_error_is_given_back(make_http_node, monkeypatch):
+    """Fault: writing a large answer raises an error nobody expected (a
+    bug): the connection ends, the answer's bytes are given back, and the
+    node goes on answering."""
+    from miyaq.gateway import wsgi
+
+    node = make_http_node(http_answer_budget=BUDGET)
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        finished(node, api, "r1")
+        real = wsgi.send_within
+        failed: list[int] = []
+
+        def failing(sock, sendall, data, seconds):
+            if len(data) > 64 * 1024:
+                failed.append(len(data))
+                raise RuntimeError("injected: the write of a large answer fails")
+            return real(sock, sendall, data, seconds)
+
+        monkeypatch.setattr(wsgi, "send_within", failing)
+        sock = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        read_all(sock)                   # the node ends the connection
+        assert failed, "the injected failure was reached"
+        wait_for(lambda: held(node) == 0, "the answer whose write failed given back")
+        monkeypatch.setattr(wsgi, "send_within", real)
+        fresh = Http(node.url)
+        try:
+            status, body, _ = fresh.get("/tasks/r1/result")
+        finally:
+            fresh.close()
+        assert status == 200 and body["result"] == "x" * RESULT
+    finally:
+        api.close()
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every answer given back")
+
+
+def test_the_budget_counts_each_body_once_refuses_nothing_alone_and_gives_back_once():
+    """AnswerBudget's rules, without a node: an answer larger than the
+    budget still goes when nothing is held (never refused for ever); one
+    that would pass it otherwise is refused, counting nothing and telling
+    the refusal; a body held twice counts once; closing twice gives back once."""
+    from miyaq.errors import Busy
+    from miyaq.gateway.answers import AnswerBudget
+
+    reasons: list[str] = []
+    budget = AnswerBudget(100, reasons.append)
+    large, other = b"a" * 150, b"b" * 10
+    first = budget.hold(large)
+    assert budget.held == 150
+    with pytest.raises(Busy, match="http_answer_budget of 100"):
+        budget.hold(other)
+    assert budget.held == 150 and reasons == ["answer_budget"]
+    again = budget.hold(large)          # the same object: no more bytes
+    assert budget.held == 150 and list(again) == [large]
+    first.close()
+    first.close()
+    assert budget.held == 150, "closed twice, given back once: the other holder still counts"
+    again.close()
+    assert budget.held == 0
+    assert list(budget.hold(other)) == [other] and budget.held == 10
+
+
+def test_http_answer_budget_below_max_payload_is_refused_at_start():
+    from miyaq.config import NodeConfig
+    from miyaq.errors import ConfigError
+    with pytest.raises(ConfigError, match="http_answer_budget .* must be at least max_payload"):
+        NodeConfig(max_payload=1024 * 1024, http_answer_budget=1024 * 1024 - 1)
