@@ -92,8 +92,8 @@ class NodeConfig(Settings):
                                     "(at least http_max_body)")
     http_answer_budget: int = setting(256 * 1024 * 1024, "bytes of HTTP answers over 64 KiB built and not yet "
                                       "taken by their clients, over all connections; a new one that would pass it "
-                                      "is answered 503 busy (one answer alone always goes; at least "
-                                      "max_payload)")
+                                      "is answered 503 busy (one answer alone always goes: 0 sends one "
+                                      "at a time)")
     http_max_connections: int = setting(1024, "most HTTP connections served at once")
     http_max_client_connections: int = setting(128, "most HTTP connections from one client address at once; more "
                                                  "are answered 503 (0: no cap; raise it behind a proxy)")
@@ -232,10 +232,6 @@ class NodeConfig(Settings):
             raise ConfigError(f"http_body_budget ({self.http_body_budget:,}) must be at least http_max_body "
                               f"({self.http_max_body:,}): the gateway must be able to read one body of the "
                               "largest size")
-        if self.http_answer_budget < self.max_payload:
-            raise ConfigError(f"http_answer_budget ({self.http_answer_budget:,}) must be at least max_payload "
-                              f"({self.max_payload:,}): the gateway must be able to hold a task's result, or a "
-                              "task received, of the largest size while it sends it")
         if self.max_bytes < self.max_payload:
             raise ConfigError(f"max_bytes ({self.max_bytes}) must be at least max_payload ({self.max_payload}): "
                               "a node must be able to hold one task")
