@@ -140,7 +140,7 @@ def test_a_task_received_with_its_answer_refused_for_the_budget_goes_back_unspen
     try:
         size = finished(node, api, "r1")
         hog = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
-        assert status_of(hog) == 200       # being written, and counted from before
+        assert status_of(hog) == 200 and held(node) == size      # being written, and counted from before
         status, _, _ = api.post("/tasks", {"name": "work", "queue": "pull", "id": "big-args",
                                            "args": ["y" * 500_000]})
         assert status == 202

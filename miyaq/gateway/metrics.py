@@ -49,6 +49,7 @@ from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.core.view_rows import checked
 from miyaq.gateway.task_timings import LATENCY_BUCKETS, TaskTimings, drop_series
+from miyaq.gateway.wsgi import REFUSALS
 from miyaq.runtime import Supervisor, green, monotonic, wall
 from miyaq.security.handshakes import REASONS, HandshakeFailures
 from miyaq.security.zap import ZapHandler
@@ -328,6 +329,8 @@ class NodeMetrics:
                                      "http_answer_budget (answer_budget), or cut for an answer not taken in time "
                                      "(send_timeout)",
                                      ["reason"], registry=self.registry)
+        for reason in REFUSALS:       # each at 0 from the start, so increase() sees the first refusal
+            self.http_refusals.labels(reason)
         self.webhooks = Counter("miyaq_webhook_deliveries", "Webhook attempts by queue and result "
                                 "(2xx, 4xx, 429, 5xx, timeout, connection, invalid, forbidden)",
                                 ["queue", "result"], registry=self.registry)

@@ -41,8 +41,9 @@ ERROR_TEXT = {400: "A field is missing or malformed (the error names it), or the
               415: "A Content-Type the endpoint does not read (on all but POST /queue: what an HTML form sends)",
               431: "Request headers over 64 KiB together",
               503: "Node busy (for GET /status and /queues also: asked too often, reason views), too many "
-                   "connections from this client, the request bodies read at once past http_body_budget, or "
-                   "shutting down; retry after Retry-After seconds"}
+                   "connections from this client, the request bodies read at once past http_body_budget, the "
+                   "large answers not yet taken by their clients past http_answer_budget, or shutting down; "
+                   "retry after Retry-After seconds"}
 #: What the server may answer to any request before (or instead of) its
 #: endpoint: a malformed or oversized request line or headers, a token
 #: missing or without the role, a foreign Host or another site's request,
