@@ -21,6 +21,11 @@ HTML, with the console's security headers, errors included); every JSON
 error is ``{"error": {"code", "message", "field"?}}`` with the status of
 :data:`miyaq.gateway.errors.HTTP_STATUS`.
 
+An answer over 64 KiB counts in ``http_answer_budget`` from when it is
+handed to the server until the server is done with it, sent or not; one
+that would pass the budget is answered 503 ``busy`` instead, and its
+request undone where it can be (:mod:`miyaq.gateway.answers`).
+
 ``HEAD`` is answered on every GET route (:mod:`miyaq.gateway.router`): the
 handler runs as for a GET and the answer goes out without its body, with
 the status and headers, ``Content-Length`` included, the GET would have
