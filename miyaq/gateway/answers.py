@@ -23,7 +23,7 @@ webhook tasks with 2 KiB URLs) and read nothing took a node from 58 to
   :data:`miyaq.core.unread.LARGE_ANSWER`) goes as before, a comparison
   more. Together they hold at most ``http_max_connections`` x 64 KiB (64 MiB
   by default); nearly every answer is one (a task's status, a submit's,
-  a page of 100 tasks: 30 KB).
+  a page of 100 tasks without long URLs: about 20 KB).
 * **Once per object**: an answer many connections hold at once -- a large
   result shown to every long-poll of its task
   (:meth:`~miyaq.gateway.tasks_api.TasksApi.shown`), the OpenAPI
