@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -34,6 +36,21 @@ SMALL_RCVBUF = 4096     # a client that reads nothing keeps its side of the conn
 def held(node) -> int:
     """The bytes of answers the node's gateway counts now."""
     return node.node.part("gateway").answers.held
+
+
+@contextmanager
+def clients(node) -> Iterator[tuple[Http, list[socket.socket]]]:
+    """A keep-alive client of ``node`` and a list for the raw connections a
+    test opens: all closed at the end, when no answer may stay counted."""
+    api = Http(node.url)
+    opened: list[socket.socket] = []
+    try:
+        yield api, opened
+    finally:
+        api.close()
+        for sock in opened:
+            sock.close()
+    wait_for(lambda: held(node) == 0, "every answer given back")
 
 
 def finished(node, api: Http, task_id: str, size: int = RESULT) -> int:
@@ -95,9 +112,7 @@ def test_large_answers_held_by_clients_that_never_read_past_http_answer_budget_a
     answer's bytes back, an answer written to its end too, and nothing stays
     counted at the end."""
     node = make_http_node(http_answer_budget=BUDGET)
-    api = Http(node.url)
-    opened: list[socket.socket] = []
-    try:
+    with clients(node) as (api, opened):
         size = finished(node, api, "r1")
         for task_id in ("r2", "r3"):
             assert finished(node, api, task_id) == size
@@ -121,11 +136,6 @@ def test_large_answers_held_by_clients_that_never_read_past_http_answer_budget_a
         status, body, _ = api.get("/tasks/r3/result")       # now it fits: sent, read, given back
         assert status == 200 and body["result"] == "x" * RESULT
         wait_for(lambda: held(node) == size, "the answer read to its end given back")
-    finally:
-        api.close()
-        for sock in opened:
-            sock.close()
-    wait_for(lambda: held(node) == 0, "every answer given back")
 
 
 def test_a_task_received_with_its_answer_refused_for_the_budget_goes_back_unspent(make_http_node):
@@ -135,9 +145,7 @@ def test_a_task_received_with_its_answer_refused_for_the_budget_goes_back_unspen
     was -- no attempt spent, no lease left to run out -- and the next
     receive, once there is room, gets it as its first attempt."""
     node = make_http_node(http_answer_budget=1024 * 1024)     # one such answer and a little more
-    api = Http(node.url)
-    opened: list[socket.socket] = []
-    try:
+    with clients(node) as (api, opened):
         size = finished(node, api, "r1")
         hog = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
         assert status_of(hog) == 200 and held(node) == size      # being written, and counted from before
@@ -156,11 +164,6 @@ def test_a_task_received_with_its_answer_refused_for_the_budget_goes_back_unspen
         status, body, _ = api.post("/receive", {"queues": ["pull"]})
         assert status == 200 and body["task"]["id"] == "big-args" and body["task"]["attempt"] == 1, body
         assert body["task"]["args"] == ["y" * 500_000]
-    finally:
-        api.close()
-        for sock in opened:
-            sock.close()
-    wait_for(lambda: held(node) == 0, "every answer given back")
 
 
 def test_an_answer_many_connections_hold_counts_once(make_http_node):
@@ -169,36 +172,23 @@ def test_an_answer_many_connections_hold_counts_once(make_http_node):
     once, each answered 200 -- counted three times, a budget of two
     answers would refuse the third."""
     node = make_http_node(http_answer_budget=BUDGET)
-    api = Http(node.url)
-    opened: list[socket.socket] = []
-    try:
+    with clients(node) as (api, opened):
         size = finished(node, api, "shared")
         readers = [ask(node, opened, f"127.0.0.{2 + i}", "GET", "/tasks/shared/result") for i in range(3)]
         assert [status_of(sock) for sock in readers] == [200, 200, 200]
         assert held(node) == size
-    finally:
-        api.close()
-        for sock in opened:
-            sock.close()
-    wait_for(lambda: held(node) == 0, "every answer given back")
 
 
 def test_an_answer_not_taken_within_the_body_timeout_is_given_back(make_http_node):
     """Fault: a client that never reads, past http_body_timeout: the node
     cuts it (send_timeout) and its answer's bytes are given back."""
     node = make_http_node(http_answer_budget=BUDGET, http_body_timeout=1.0)
-    api = Http(node.url)
-    opened: list[socket.socket] = []
-    try:
+    with clients(node) as (api, opened):
         size = finished(node, api, "r1")
-        api.close()
         ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
         wait_for(lambda: held(node) == size, "the unread answer counted")
         wait_for(lambda: held(node) == 0, "the answer cut for its send deadline given back")
         assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics_text(node.url)
-    finally:
-        for sock in opened:
-            sock.close()
 
 
 def test_an_answer_whose_write_fails_with_an_unexpected_error_is_given_back(make_http_node, monkeypatch):
@@ -208,9 +198,7 @@ def test_an_answer_whose_write_fails_with_an_unexpected_error_is_given_back(make
     from miyaq.gateway import wsgi
 
     node = make_http_node(http_answer_budget=BUDGET)
-    api = Http(node.url)
-    opened: list[socket.socket] = []
-    try:
+    with clients(node) as (api, opened):
         finished(node, api, "r1")
         real = wsgi.send_within
         failed: list[int] = []
@@ -227,17 +215,8 @@ def test_an_answer_whose_write_fails_with_an_unexpected_error_is_given_back(make
         assert failed, "the injected failure was reached"
         wait_for(lambda: held(node) == 0, "the answer whose write failed given back")
         monkeypatch.setattr(wsgi, "send_within", real)
-        fresh = Http(node.url)
-        try:
-            status, body, _ = fresh.get("/tasks/r1/result")
-        finally:
-            fresh.close()
+        status, body, _ = api.get("/tasks/r1/result")
         assert status == 200 and body["result"] == "x" * RESULT
-    finally:
-        api.close()
-        for sock in opened:
-            sock.close()
-    wait_for(lambda: held(node) == 0, "every answer given back")
 
 
 def test_the_budget_counts_each_body_once_refuses_nothing_alone_and_gives_back_once():
