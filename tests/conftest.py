@@ -84,8 +84,8 @@ def _run_order(item) -> int:
 
 
 def pytest_collection_modifyitems(config, items):
-    """The minute-long chaos runs first: with ``-n 2`` (scripts/test) one
-    worker runs them while the other works through the rest, instead of both
+    """The minute-long chaos runs first: with ``-n 3`` (scripts/test) one
+    worker runs them while the others work through the rest, instead of all
     waiting on them at the end. ``loads_cpu`` tests (miyaq bench's full-speed
     runs) come after the other tests, so they do not slow the chaos runs
     down, and before the documentation's pages, whose many short files even
