@@ -17,7 +17,7 @@ import atexit
 import logging
 import os
 import weakref
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from typing import TYPE_CHECKING, Any, Self
 
 from ..errors import MiyaqError, Timeout
@@ -36,8 +36,13 @@ FORKED = ("this miyaq.Client was made before the process forked: its I/O loop an
           "parent process; make a new Client in the child")
 
 
-class ClientLifecycle(ABC):
-    """How a client ends (see the module's docstring); ``Client`` sets the state up."""
+class ClientLifecycle:
+    """How a client ends (see the module's docstring); ``Client`` sets the state up.
+
+    A plain class, not an ``abc.ABC``: ``Client``'s metaclass stays ``type``,
+    so a user's subclass may mix in a class with a metaclass of its own (with
+    ``ABCMeta``, as from its split out of client.py until review39, that was
+    a TypeError, metaclass conflict). ``abstractmethod`` marks for mypy only."""
 
     kit: ThreadKit | GeventKit
     _io: IOLoop
