@@ -18,14 +18,21 @@ NODES = ("n1", "n2", "n3")
 
 def _dead_letter(cluster) -> str:
     """A task led by n1, dead-lettered on every holder."""
-    task_id = cluster.task_led_by("n1")
-    cluster.submit_accepted("n1", task_id, body=b"x")
+    return _dead_letters(cluster, 1)[0]
+
+
+def _dead_letters(cluster, n: int) -> list[str]:
+    """``n`` tasks led by n1, dead-lettered on every holder (one worker runs them)."""
+    task_ids = [cluster.task_led_by("n1") for _ in range(n)]
+    for task_id in task_ids:
+        cluster.submit_accepted("n1", task_id, body=b"x")
     worker = cluster.worker("n1")
-    cluster.wait_until(lambda: worker.runs(task_id), what=f"{task_id} to run")
-    worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
-    cluster.wait_until(lambda: all(task_id in cluster[n].engine.table.dead for n in NODES),
-                       what="every holder to dead-letter it")
-    return task_id
+    for task_id in task_ids:
+        cluster.wait_until(lambda: worker.runs(task_id), what=f"{task_id} to run")
+        worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
+    cluster.wait_until(lambda: all(t in cluster[n].engine.table.dead for n in NODES for t in task_ids),
+                       what="every holder to dead-letter them")
+    return task_ids
 
 
 def _drop(node, marks: list) -> None:
@@ -100,4 +107,83 @@ def test_a_sync_answers_purge_marks_are_paged_within_max_message_and_bounded(inp
         assert pages < 1000
     assert pages > 1
     assert sorted(sent) == sorted(ids[-RESYNC_PURGED:])
+    assert not cluster.crashes()
+
+
+def test_a_purge_mark_is_read_on_this_nodes_clock(inproc):
+    """Fault guarded (review39, a mutant no test killed): a mark's ``at`` is
+    the purging holder's wall clock. Compared unmoved with this copy's
+    ``created`` (this node's clock), a purge by a holder whose clock is an
+    hour behind looks older than the copy, and the stale dead letter
+    survives; by one whose clock is an hour ahead, a dead letter made here
+    after that purge (the id submitted again) looks older, and is purged.
+    The mark is moved by the answer's clock shift first."""
+    cluster = inproc(3, replicas=3)
+    n3 = cluster["n3"]
+    stale, newer = _dead_letters(cluster, 2)
+    dead = n3.engine.table.dead
+    stale_made, newer_made = dead[stale].created, dead[newer].created
+    with n3.role.events.applying_remote():
+        # n1's clock an hour behind ours (shift +3600): purged when the copy was made, by our clock
+        n3.role.resync.apply_purge_marks("n1", [[stale, stale_made - 3600.0]], 3600.0, wall())
+        # n1's clock an hour ahead (shift -3600): purged 10 s before this copy was made, by our clock
+        n3.role.resync.apply_purge_marks("n1", [[newer, newer_made + 3600.0 - 10.0]], -3600.0, wall())
+    assert stale not in dead and n3.engine.table.purged.get(stale) == stale_made
+    assert newer in dead and not n3.engine.table.purged.was(newer)
+    assert not cluster.crashes()
+
+
+def test_a_purge_mark_from_the_future_is_remembered_from_now_at_the_latest(inproc):
+    """Fault guarded (review39, a mutant no test killed): a mark whose
+    ``at`` is past this node's clock (a peer's clock far ahead with no
+    usable ``clock`` to shift by, or a buggy peer) was remembered at that
+    time: its P record is refused at replay (a time past now), and as the
+    oldest mark it would hold back the sweep of every mark made after it
+    (:meth:`~miyaq.store.purge_marks.PurgeMarks.sweep` stops at the first
+    mark not yet due). The purge is remembered at this node's now at the
+    latest."""
+    cluster = inproc(3, replicas=3)
+    task_id = _dead_letter(cluster)
+    n3 = cluster["n3"]
+    before = wall()
+    _drop(n3, [[task_id, 9e9]])
+    assert task_id not in n3.engine.table.dead
+    assert before <= n3.engine.table.purged.get(task_id) <= wall()
+    assert not cluster.crashes()
+
+
+def test_an_answer_with_tombstones_and_purge_marks_fits_max_message(inproc):
+    """Fault guarded (review39, a mutant no test killed: the marks given the
+    whole message instead of its quarter): the pages past the tasks carry
+    tombstones (up to half the message) and purge marks together; every
+    answer must still fit ``max_message``, or the peer drops it whole,
+    every time. Each tombstone and each mark is sent once."""
+    max_message = 1024 + 64 * 1024
+    cluster = inproc(2, replicas=2, max_payload=1024, max_message=max_message)
+    n1 = cluster["n1"]
+    now = wall()
+    stones = [f"stone{i:04d}" for i in range(200)]
+    for stone in stones:
+        n1.engine.restore_tombstone({"id": stone, "state": "done", "at": now, "queue": "default", "attempt": 1,
+                                     "result": b"r" * 1000}, now)
+    marks = [f"{i:06d}".ljust(64, "x") for i in range(2000)]
+    for i, task_id in enumerate(marks):
+        n1.engine.table.purged.mark(task_id, now - len(marks) + i)
+    sent_stones: list[str] = []
+    sent_marks: list[str] = []
+    cursor, pages, together = 0, 0, 0
+    while True:
+        answer = n1.role.resync.serve("n2", {"cursor": cursor})
+        pages += 1
+        assert len(msgpack.packb(answer)) <= max_message
+        sent_stones += [stone[0] for stone in answer["stones"]]
+        sent_marks += [task_id for task_id, _ in answer.get("purged", [])]
+        together += bool(answer["stones"] and answer.get("purged"))
+        if answer["next"] is None:
+            break
+        assert answer["next"] > cursor
+        cursor = answer["next"]
+        assert pages < 1000
+    assert together > 1
+    assert sorted(sent_stones) == stones and sorted(sent_marks) == marks
     assert not cluster.crashes()
