@@ -54,8 +54,10 @@ def test_another_holders_retry_of_a_dead_copy_does_not_bring_it_back_at_a_replay
 
 
 def test_another_holders_retry_of_a_waiting_copy_is_replayed_retrying(tmp_path):
-    """The other side: a waiting copy takes the retry's attempt, error and
-    eta, and a replay brings it back so (review38's fix, at engine level)."""
+    """Fault guarded (review38, here at engine level): a waiting copy took
+    another holder's retry in memory only, and a replay brought it back
+    ``scheduled`` at attempt 0 without its error. It takes the retry's
+    attempt, error and eta, and a replay brings it back so."""
     now = time.time()
     config = NodeConfig(node_id="n1", data_dir=str(tmp_path))
     engine, part = durable_engine(tmp_path, config, now)
