@@ -10,6 +10,7 @@ import pytest
 
 from miyaq.constants import RESYNC_PURGED
 from miyaq.runtime import wall
+from miyaq.store.records import transfer_record
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -186,4 +187,28 @@ def test_an_answer_with_tombstones_and_purge_marks_fits_max_message(inproc):
         assert pages < 1000
     assert together > 1
     assert sorted(sent_stones) == stones and sorted(sent_marks) == marks
+    assert not cluster.crashes()
+
+
+def test_a_dead_copy_made_after_a_purge_here_is_stored_and_a_stale_one_is_not(inproc):
+    """Fault (review39): a holder refused every dead copy of an id it had
+    purged, whenever that copy was made. A holder down (or cut off) while
+    the id was submitted again after the purge, and that new task
+    dead-lettered, comes back with the purge remembered (its log's ``P``
+    record) and refused the new dead letter from every resync and handoff
+    for the mark's life (a tombstone's): it alone did not list it, nor
+    could retry or purge it -- where a SYNC answer's purge mark spares a
+    dead copy made after the purge. A dead copy is now refused only if it
+    was made at or before the purge remembered here, as the marks rule."""
+    cluster = inproc(3, replicas=3)
+    newer, stale = _dead_letters(cluster, 2)
+    n1, n3 = cluster["n1"], cluster["n3"]
+    for task_id, before in ((newer, True), (stale, False)):
+        created = n3.engine.table.dead[task_id].created
+        with n3.role.events.applying_remote():      # purged here alone: a purge of an earlier task of the id,
+            n3.engine.dead_purge(None, [task_id], at=created - 10.0 if before else created + 0.001)
+        assert task_id not in n3.engine.table.dead and n3.engine.table.purged.was(task_id)
+        n3.role.install(transfer_record(n1.engine.table.dead[task_id]), wall(), "sync", "n1")
+    assert newer in n3.engine.table.dead and not n3.engine.table.purged.was(newer)      # made after: stored
+    assert stale not in n3.engine.table.dead and n3.engine.table.purged.was(stale)      # made before: stale
     assert not cluster.crashes()

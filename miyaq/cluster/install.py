@@ -102,13 +102,18 @@ class CopyInstaller:
             elif task.state == RUNNING and task.lease_end and existing.state in (SCHEDULED, READY, RETRYING):
                 self._wait_for_runner(existing, moved(task.lease_end, shift, EXPIRED_AT_ONCE))
             return True
-        if task.state == DEAD and table.purged.was(task.id):
+        purged_at = table.purged.get(task.id) if task.state == DEAD else None
+        if purged_at is not None and moved(task.created, shift) <= purged_at:
             # A dead letter purged here, and this copy is a stale one (a SYNC
             # answer served before its source heard of the purge, a handoff, a
             # late REPLICATE): not stored again (docs/cluster.md, "Purged dead
-            # letters stay purged"). Only a dead copy: a waiting one is a task
-            # submitted again with the same id. Before 2026-12-07 a purge just
-            # after a holder's restart came back on every holder from the resyncs.
+            # letters stay purged"). Only a dead copy made at or before the
+            # purge, as a SYNC answer's purge marks rule (miyaq.cluster.sync):
+            # a waiting one, or a dead one made after it, is a task submitted
+            # again with the same id (until review39 such a dead one was
+            # refused too, by a holder down while it was submitted). Before
+            # 2026-12-07 a purge just after a holder's restart came back on
+            # every holder from the resyncs.
             return True
         if task.id in table.tombstones:     # (no Tombstone built only to be dropped)
             # Over already: not stored. If this node heard the end first (no
