@@ -145,3 +145,34 @@ def test_a_holder_down_during_a_purge_drops_its_dead_copies_when_it_restarts_fro
     assert all(cluster["n3"].engine.table.purged.was(t) for t in ids)
     answers.release()
     assert not cluster.crashes()
+
+
+def test_a_holder_down_while_a_purged_id_is_submitted_again_and_dead_lettered_gets_that_dead_letter(inproc, tmp_path):
+    """Fault (review39): a holder remembers the purge of a dead letter from
+    its log, and refused every dead copy of that id -- also one of the task
+    submitted again with the id while it was down, dead-lettered since: its
+    resyncs' answers brought that dead letter and it refused it, for the
+    purge's life, the only holder without it. A dead copy made after the
+    purge is stored; the stale one is still refused
+    (test_purge_marks_sync.py)."""
+    cluster = inproc(3, replicas=3, min_acks=2, data_dir=str(tmp_path), fsync="always")
+    task_id = cluster.task_led_by("n1")
+    cluster.submit_accepted("n1", task_id, body=b"x")
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: worker.runs(task_id), what="the task to run")
+    worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
+    cluster.wait_until(lambda: all(task_id in cluster[n].engine.table.dead for n in NODES), what="dead letters")
+    assert cluster["n1"].engine.dead_purge(None, [task_id]) == 1
+    cluster.wait_until(lambda: not _holding(cluster, [task_id]), what="every holder to purge it")
+    cluster.stop_node("n3")
+    cluster.submit_accepted("n1", task_id, body=b"again")      # the id used again, stored on n1 and n2
+    cluster.wait_until(lambda: worker.runs(task_id), what="the new task to run")
+    worker.fail(task_id, {"type": "Failure", "message": "again"}, retry=False)
+    cluster.wait_until(lambda: all(task_id in cluster[n].engine.table.dead for n in ("n1", "n2")),
+                       what="n1 and n2 to dead-letter the new task")
+    cluster.start_node("n3")
+    assert cluster["n3"].engine.table.purged.was(task_id)      # from its log's P record
+    cluster.wait_until(lambda: task_id in cluster["n3"].engine.table.dead, what="n3 to get the new dead letter")
+    assert cluster["n3"].engine.table.dead[task_id].error == {"type": "Failure", "message": "again"}
+    assert not cluster["n3"].engine.table.purged.was(task_id)
+    assert not cluster.crashes()
