@@ -8,7 +8,7 @@ from __future__ import annotations
 import msgpack
 import pytest
 
-from miyaq.constants import RESYNC_PURGED
+from miyaq.constants import RESYNC_CHUNK, RESYNC_PURGED, RESYNC_STONES
 from miyaq.runtime import wall
 from miyaq.store.records import transfer_record
 
@@ -211,4 +211,34 @@ def test_a_dead_copy_made_after_a_purge_here_is_stored_and_a_stale_one_is_not(in
         n3.role.install(transfer_record(n1.engine.table.dead[task_id]), wall(), "sync", "n1")
     assert newer in n3.engine.table.dead and not n3.engine.table.purged.was(newer)      # made after: stored
     assert stale not in n3.engine.table.dead and n3.engine.table.purged.was(stale)      # made before: stale
+    assert not cluster.crashes()
+
+
+@pytest.mark.parametrize("field", ["purged", "stones", "tasks"])
+def test_a_sync_answer_with_a_list_longer_than_any_page_is_refused_whole(inproc, field):
+    """Fault: a buggy or hostile peer answers SYNC with a message's worth of
+    purge marks (or tombstones, or task records): 938,237 marks in 16 MiB
+    held the asker's hub 0.6-3.1 s (review39). A list longer than a page of
+    ``Resync.serve`` ever holds refuses the answer whole -- counted once,
+    nothing applied, the resync asked again after a backoff -- even when
+    its first items would have purged a dead letter here."""
+    most = {"purged": RESYNC_PURGED, "stones": RESYNC_STONES, "tasks": RESYNC_CHUNK}[field]
+    cluster = inproc(3, replicas=3)
+    task_id = _dead_letter(cluster)
+    n3 = cluster["n3"]
+    before = n3.role.refusals.total()
+    mark = [task_id, wall()]
+    too_many = most + 1
+    answer = {"tasks": [], "stones": [], "purged": [mark] * (too_many if field == "purged" else 1), "next": None}
+    if field != "purged":
+        answer[field] = [["junk"]] * too_many
+    with n3.role.events.applying_remote():
+        n3.role.resync._apply("n1", answer, 0, 0)
+    assert n3.role.refusals.total() - before == 1
+    assert n3.role.refusals.by_source().get("sync")
+    assert task_id in n3.engine.table.dead and not n3.engine.table.purged.was(task_id)
+    answer[field] = answer[field][:most] if field == "purged" else []
+    with n3.role.events.applying_remote():
+        n3.role.resync._apply("n1", answer, 0, 0)      # a page's worth is applied
+    assert task_id not in n3.engine.table.dead
     assert not cluster.crashes()

@@ -288,6 +288,11 @@ class Resync:
         if answer is None:
             role.subscriber.resync_done(src, number, complete=False)    # asked again after a backoff
             return
+        oversize = _oversize(answer)
+        if oversize:        # a buggy or hostile peer: refused whole, asked again after a backoff
+            role.refusals.refuse("sync", src, InvalidField(oversize, field=oversize.split()[0]))
+            role.subscriber.resync_done(src, number, complete=False)
+            return
         engine = role.engine
         table = engine.table
         now = wall()
@@ -374,3 +379,22 @@ class _Snapshot:
 
 def _items(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
+
+
+#: The most items a SYNC answer's list may hold: what :meth:`Resync.serve`
+#: puts in one page at most (its snapshot holds no more tombstones or marks
+#: in all).
+ANSWER_LISTS = {"tasks": RESYNC_CHUNK, "stones": RESYNC_STONES, "purged": RESYNC_PURGED}
+
+
+def _oversize(answer: dict[str, Any]) -> str:
+    """Why a SYNC answer is refused whole ("" if it is not): a list longer
+    than a page of :meth:`Resync.serve` ever holds (``ANSWER_LISTS``). Each
+    item is checked and a bad one skipped as it is applied, but a peer
+    that sent a message's worth of them (938,237 purge marks in 16 MiB,
+    review39, 2026-12-07) held this node's hub 0.6-3.1 s applying them."""
+    for name, most in ANSWER_LISTS.items():
+        value = answer.get(name)
+        if isinstance(value, list) and len(value) > most:
+            return f"{name} holds {len(value):,} items, more than a SYNC page ever holds ({most:,})"
+    return ""
