@@ -8,27 +8,16 @@ tests/test_inproc_standby_retry_log.py."""
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 from test_log_replayed_state import durable_engine, submit, written
+from test_purged_mark_log import _replayed
 
 from miyaq.config import NodeConfig
-from miyaq.core.engine import Engine
-from miyaq.core.refusals import Refusals
-from miyaq.persistence.replay import replay
-from miyaq.store.log import AppendLog
 
 pytestmark = pytest.mark.timeout(60)
 
 ERROR = {"type": "Boom", "message": "failed on another holder"}
-
-
-def _replayed(tmp_path: Path, config: NodeConfig, now: float) -> Engine:
-    engine, log = Engine(config), AppendLog(tmp_path, fsync="always", offload_fsync=False)
-    replay(engine, log, now, Refusals())
-    log.close()
-    return engine
 
 
 def test_another_holders_retry_of_a_dead_copy_does_not_bring_it_back_at_a_replay(tmp_path):

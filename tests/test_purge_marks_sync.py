@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from test_inproc_purge_after_restart import _dead_letters
 
 from miyaq.constants import RESYNC_CHUNK, RESYNC_PURGED, RESYNC_STONES
 from miyaq.runtime import wall
@@ -14,32 +15,31 @@ from miyaq.store.records import transfer_record
 
 pytestmark = pytest.mark.timeout(90)
 
-NODES = ("n1", "n2", "n3")
-
 
 def _dead_letter(cluster) -> str:
     """A task led by n1, dead-lettered on every holder."""
     return _dead_letters(cluster, 1)[0]
 
 
-def _dead_letters(cluster, n: int) -> list[str]:
-    """``n`` tasks led by n1, dead-lettered on every holder (one worker runs them)."""
-    task_ids = [cluster.task_led_by("n1") for _ in range(n)]
-    for task_id in task_ids:
-        cluster.submit_accepted("n1", task_id, body=b"x")
-    worker = cluster.worker("n1")
-    for task_id in task_ids:
-        cluster.wait_until(lambda: worker.runs(task_id), what=f"{task_id} to run")
-        worker.fail(task_id, {"type": "Failure", "message": "no"}, retry=False)
-    cluster.wait_until(lambda: all(t in cluster[n].engine.table.dead for n in NODES for t in task_ids),
-                       what="every holder to dead-letter them")
-    return task_ids
-
-
 def _drop(node, marks: list) -> None:
     """Apply ``marks`` as n1's SYNC answer would (no clock shift)."""
     with node.role.events.applying_remote():
         node.role.resync.apply_purge_marks("n1", marks, 0.0, wall())
+
+
+def _pages(node, asker: str, max_message: int) -> list[dict]:
+    """Every answer of one resync of ``asker`` served by ``node``, each
+    checked to fit ``max_message`` and to move the cursor on."""
+    pages: list[dict] = []
+    cursor = 0
+    while True:
+        answer = node.role.resync.serve(asker, {"cursor": cursor})
+        assert len(msgpack.packb(answer)) <= max_message
+        pages.append(answer)
+        if answer["next"] is None:
+            return pages
+        assert answer["next"] > cursor and len(pages) < 1000
+        cursor = answer["next"]
 
 
 def test_a_purge_mark_drops_only_a_dead_copy_made_before_that_purge(inproc):
@@ -94,19 +94,9 @@ def test_a_sync_answers_purge_marks_are_paged_within_max_message_and_bounded(inp
     ids = [f"{i:06d}".ljust(64, "x") for i in range(RESYNC_PURGED + 100)]
     for i, task_id in enumerate(ids):
         n1.engine.table.purged.mark(task_id, now - len(ids) + i)     # the last the newest
-    sent: list[str] = []
-    cursor, pages = 0, 0
-    while True:
-        answer = n1.role.resync.serve("n2", {"cursor": cursor})
-        pages += 1
-        assert len(msgpack.packb(answer)) <= max_message
-        sent += [task_id for task_id, _ in answer.get("purged", [])]
-        if answer["next"] is None:
-            break
-        assert answer["next"] > cursor
-        cursor = answer["next"]
-        assert pages < 1000
-    assert pages > 1
+    pages = _pages(n1, "n2", max_message)
+    sent = [task_id for answer in pages for task_id, _ in answer.get("purged", [])]
+    assert len(pages) > 1
     assert sorted(sent) == sorted(ids[-RESYNC_PURGED:])
     assert not cluster.crashes()
 
@@ -170,21 +160,10 @@ def test_an_answer_with_tombstones_and_purge_marks_fits_max_message(inproc):
     marks = [f"{i:06d}".ljust(64, "x") for i in range(2000)]
     for i, task_id in enumerate(marks):
         n1.engine.table.purged.mark(task_id, now - len(marks) + i)
-    sent_stones: list[str] = []
-    sent_marks: list[str] = []
-    cursor, pages, together = 0, 0, 0
-    while True:
-        answer = n1.role.resync.serve("n2", {"cursor": cursor})
-        pages += 1
-        assert len(msgpack.packb(answer)) <= max_message
-        sent_stones += [stone[0] for stone in answer["stones"]]
-        sent_marks += [task_id for task_id, _ in answer.get("purged", [])]
-        together += bool(answer["stones"] and answer.get("purged"))
-        if answer["next"] is None:
-            break
-        assert answer["next"] > cursor
-        cursor = answer["next"]
-        assert pages < 1000
+    pages = _pages(n1, "n2", max_message)
+    sent_stones = [stone[0] for answer in pages for stone in answer["stones"]]
+    sent_marks = [task_id for answer in pages for task_id, _ in answer.get("purged", [])]
+    together = sum(bool(answer["stones"] and answer.get("purged")) for answer in pages)
     assert together > 1
     assert sorted(sent_stones) == stones and sorted(sent_marks) == marks
     assert not cluster.crashes()
