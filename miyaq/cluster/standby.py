@@ -338,7 +338,12 @@ class StandbyChecker(StandbyVerdicts, EngineListener):
         self.role.engine.defer(task, base + self.role.offset_for(task, minimum=1))
 
     def _take_over(self, task: Task, now: float) -> None:
+        """No other holder runs ``task``: it runs here -- or, if the attempt
+        that started elsewhere may not run again, it is dead-lettered
+        ``Lost`` (:meth:`~miyaq.core.replicas.ReplicaCopies.take_over`,
+        which logs it); either way a take-over, counted."""
         self.takeovers += 1
-        _log.log(logging.INFO, "takeover", "task %s: no other holder runs it; running the copy of rank %d here",
-                 task.id, task.rank)
-        self.role.engine.take_over(task, now)
+        rank = task.rank
+        if self.role.engine.take_over(task, now):
+            _log.log(logging.INFO, "takeover", "task %s: no other holder runs it; running the copy of rank %d here",
+                     task.id, rank)

@@ -319,7 +319,11 @@ class Resync:
                 if theirs.state == DEAD and mine.state != DEAD:
                     if revivals(theirs) >= revivals(mine):      # else S has not heard of our retry yet
                         engine.kill_copy(mine, theirs.error)
-                elif theirs.state == RUNNING and mine.state != RUNNING:
+                elif revivals(theirs) == revivals(mine) and theirs.attempt > mine.attempt:
+                    # S knows of a later start (its S event, in memory only here,
+                    # was lost in a restart, or never came): ours counts from it.
+                    engine.adopt_attempt(mine, theirs.attempt, theirs.error)
+                if theirs.state == RUNNING and mine.state != RUNNING:
                     # S runs it (it took over while we were silent): whatever our
                     # rank, our copy waits past S's lease and then asks.
                     mine.standby = True

@@ -44,10 +44,11 @@ class EngineListener:
         """A dead task was put back in its queue."""
 
     def copy_retrying(self, task: Task) -> None:
-        """Another holder's retry of the task was applied to this standby
-        copy (:meth:`~miyaq.core.replicas.ReplicaCopies.retry_copy`): its
-        attempt, error and ``eta`` (the next attempt's) changed. Not a
-        retry here: no attempt ran or failed on this node."""
+        """Another holder's retry or put-back of the task was applied to
+        this standby copy (:meth:`~miyaq.core.replicas.ReplicaCopies.retry_copy`:
+        its attempt, error and, retrying, ``eta`` changed), or a resync
+        taught it a later attempt (:meth:`~miyaq.core.replicas.ReplicaCopies.adopt_attempt`).
+        Not a retry here: no attempt ran or failed on this node."""
 
     def task_purged(self, task: Task) -> None:
         """A dead task was dropped for good."""

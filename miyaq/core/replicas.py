@@ -12,17 +12,24 @@ on the moves of :mod:`miyaq.core.transitions`. No I/O; none blocks.
 """
 from __future__ import annotations
 
+import logging
 from collections import OrderedDict
 from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES
 from miyaq.core.transitions import Transitions
+from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import is_id
 from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
 from miyaq.store.task_bytes import let_go
 
+
+# The engine's logger (as miyaq.core.transitions): a take-over's dead letter is
+# logged under the name the engine's are; a lost holder can dead-letter many
+# copies at once: a few lines a minute name examples.
+_log = LogLimiter(logging.getLogger("miyaq.core.engine"))
 
 #: The error ``type`` of a copy ended because another task holds its key
 #: (its key's first holder took that one first: miyaq.cluster.copies).
@@ -84,11 +91,13 @@ class ReplicaCopies(Transitions):
         """Another holder retries the task (an ``R`` event): ``eta``, when its
         next attempt is due (0.0: put back, ready there at once). This copy
         takes its attempt and error and waits as a standby until ``when``;
-        a retry also takes its ``eta``, and is written to the log
+        a retry also takes its ``eta``. Both are written to the log
         (:meth:`~miyaq.core.listener.EngineListener.copy_retrying`), so a
-        restart brings the copy back retrying, its attempt and error kept
-        (before 2026-12-07 it came back ``scheduled`` at attempt 0, without
-        its error: review38). A running copy is left alone."""
+        restart brings the copy back retrying -- or, put back, ready, and
+        a standby that asks first (the restart's ``ask_first``) --, its
+        attempt and error kept (before 2026-12-07 it came back
+        ``scheduled`` at attempt 0, without its error: review38; a put-back
+        until review39). A running copy is left alone."""
         if task.state == RUNNING:
             return
         task.attempt = attempt
@@ -99,15 +108,56 @@ class ReplicaCopies(Transitions):
         if eta:
             task.eta = eta
         self.defer(task, when, RETRYING if eta else SCHEDULED)
-        if eta:
-            for listener in self.listeners:
-                listener.copy_retrying(task)
+        for listener in self.listeners:
+            listener.copy_retrying(task)
 
-    def take_over(self, task: Task, now: float) -> None:
-        """A standby copy found no earlier holder running it: run it here."""
+    def take_over(self, task: Task, now: float) -> bool:
+        """A standby copy found no earlier holder running it: run it here --
+        unless the attempt it heard started elsewhere (an ``S`` event, or a
+        resync: :meth:`adopt_attempt`) may not run again: the last
+        (``attempt > max_retries``), or any of an at-most-once task's. Its
+        holder was lost while it ran, and the copy is dead-lettered ``Lost``
+        (the ``D`` event tells the other holders), as a lost lease on the
+        last attempt ends on a single node (``Engine.lose``) and a task that
+        ran when its node restarted (:meth:`~miyaq.core.restore.Restore.restore`).
+        Before 2026-12-07 it ran once more: ``max_retries + 2`` starts
+        (review39). Returns whether the task runs here."""
         task.standby = False
-        if task.state in (SCHEDULED, RETRYING):
-            self._make_ready(task, now)
+        if task.state not in (SCHEDULED, RETRYING):
+            return False
+        if task.attempt > task.max_retries or (task.at_most_once and task.attempt > 0):
+            ran = ("an at-most-once task" if task.at_most_once
+                   else f"this task's last attempt ({task.attempt} of {task.max_retries + 1})")
+            self.keep_error(task, {"type": "Lost", "message": f"the holder running {ran} was lost, "
+                                   "and no other holder runs it"})
+            self.outcomes[(task.queue, "lost")] += 1
+            self._kill(task)
+            _log.log(logging.WARNING, "dead letter", "task %s in queue %s dead-lettered: the holder running %s "
+                     "was lost (`miyaq dead list`, `miyaq dead retry ID`)", task.id, task.queue, ran)
+            return False
+        self._make_ready(task, now)
+        return True
+
+    def adopt_attempt(self, task: Task, attempt: int, error: dict[str, Any] | None) -> None:
+        """Another holder's copy, in a resync, says the task started
+        ``attempt`` (greater than this copy's, both of the same revival):
+        this live, not running copy takes it, and its error, and writes them
+        to its log as an ``R`` record
+        (:meth:`~miyaq.core.listener.EngineListener.copy_retrying`), so a
+        take-over here counts from there, after a second restart too. An
+        ``S`` event changes a copy's attempt in memory only (a log write per
+        start per holder would cost the cluster's throughput): a copy
+        restored from its log is back at its last logged attempt, and this
+        is where it learns the rest (before 2026-12-07 it did not, and a
+        take-over after the restart ran more than ``max_retries + 1``
+        attempts: review39). Its state and timer are left as they are."""
+        if task.state not in (SCHEDULED, READY, RETRYING) or attempt <= task.attempt:
+            return
+        task.attempt = attempt
+        if error is not None:
+            self.keep_error(task, error)
+        for listener in self.listeners:
+            listener.copy_retrying(task)
 
     def finish_copy(self, task_id: str, state: str, result: bytes | None, error: dict[str, Any] | None,
                     now: float, key: str | None = None) -> Task | None:

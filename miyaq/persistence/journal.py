@@ -133,9 +133,12 @@ class Persistence(EngineListener):
                    "eta": task.eta if task.state == RETRYING else 0.0})
 
     def copy_retrying(self, task: Task) -> None:
-        # Another holder's retry, on a standby copy: as this node's own retry
-        # writes it, so a restart keeps the attempt and the error (review38).
-        self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error, "eta": task.eta})
+        # Another holder's retry or put-back, or an attempt a resync taught, on
+        # a standby copy: as this node's own retry writes it, so a restart keeps
+        # the attempt and the error (review38, review39). Eta 0 (not retrying):
+        # the copy comes back ready, and asks first like every due copy.
+        self._add({"o": "R", "id": task.id, "attempt": task.attempt, "error": task.error,
+                   "eta": task.eta if task.state == RETRYING else 0.0})
 
     def task_ready(self, task: Task) -> None:
         buffer = self.writer.buffer

@@ -1,0 +1,136 @@
+"""A task starts at most ``max_retries + 1`` times in a cluster too: a
+standby copy that takes over from a holder lost during the task's last
+attempt dead-letters it ``Lost`` (docs/semantics.md, "Retries";
+docs/cluster.md), and a copy restarted from its log learns, in the
+reconcile's resync, the attempt another holder started meanwhile
+(docs/durability.md). In-process (miyaq.testing.inprocess), a log on every
+node; the task's first holder is n1, its second n2."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from miyaq.store.task import DEAD, DONE
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = ("n1", "n2", "n3")
+ERROR = {"type": "Boom", "message": "first failure"}
+LEASE = 60.0
+
+
+def _last_attempt_running(inproc: Any, tmp_path: Any) -> tuple[Any, str, Any]:
+    """A 3-node cluster whose task (max_retries=1, holders n1 then n2, a
+    lease of ``LEASE`` seconds) failed
+    its first attempt on n1 and runs its second -- its last -- there, every
+    other copy told so (the ``S`` event: attempt 2)."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    for _ in range(200):
+        task_id = cluster.task_led_by("n1")
+        if cluster.holders(task_id)[1] == "n2":
+            break
+    assert cluster.holders(task_id)[:2] == ["n1", "n2"], cluster.holders(task_id)
+    # A lease that outlasts the test's waits (n1 must not lose it itself):
+    # the take-over comes after the clocks are advanced past it.
+    cluster.submit_accepted("n1", task_id, body=b"x", max_retries=1, timeout=LEASE)
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: worker.runs(task_id), what="attempt 1")
+    worker.fail(task_id, ERROR, retry=True, delay=0)        # put back at once: attempt 2 runs
+    cluster.wait_until(lambda: worker.runs(task_id) and worker.times(task_id) == 2, what="attempt 2")
+    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 2 for n in ("n2", "n3")),
+                       what="the S event of attempt 2 at n2 and n3")
+    return cluster, task_id, worker
+
+
+def _restart(cluster: Any, node: str) -> None:
+    cluster.stop_node(node)
+    cluster.start_node(node)
+    cluster.wait_until(lambda: all(cluster[n].role.not_coordinating() == "" for n in NODES), what="coordinating")
+
+
+def _dead_lost(cluster: Any, task_id: str) -> None:
+    """n1 dies during the last attempt: n2's copy takes over and must
+    dead-letter the task ``Lost`` (never run it), n3's copy too (D event)."""
+    standby = cluster.worker("n2")
+    cluster.stop_node("n1")
+    cluster.advance(LEASE + 2 * cluster.settings["replica_offset"])     # past n1's lease and n2's offset
+    cluster.wait_until(lambda: standby.runs(task_id) or cluster["n2"].state(task_id) == DEAD, timeout=60,
+                       what="n2 to take over")
+    copy = cluster["n2"].task(task_id)
+    assert standby.times(task_id) == 0, "a third start of a task of max_retries=1"
+    assert (copy.state, copy.attempt, copy.error["type"]) == (DEAD, 2, "Lost")
+    assert copy.error["message"] == ("the holder running this task's last attempt (2 of 2) was lost, "
+                                     "and no other holder runs it")
+    cluster.wait_until(lambda: cluster["n3"].state(task_id) == DEAD, what="n3's copy dead-lettered (D event)")
+    assert cluster["n3"].task(task_id).error == copy.error
+    assert cluster["n2"].role.standby.takeovers >= 1
+
+
+def test_a_take_over_from_a_holder_lost_in_the_last_attempt_dead_letters_it_lost(inproc, tmp_path):
+    """Fault (review39): n1 dies while attempt 2 of a task of
+    ``max_retries=1`` runs; n2's standby copy heard the start (attempt 2),
+    asks, hears no runner and took over: the task started a third time.
+    It is dead-lettered ``Lost`` instead, as a lost lease on the last
+    attempt ends on a single node. A late report of that attempt from its
+    worker to n2 (its node is gone) is taken as a single node takes one
+    after a lost lease: a FAILED is ignored (the task is dead already), a
+    DONE finishes it -- on every holder."""
+    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
+    _dead_lost(cluster, task_id)
+    n2 = cluster["n2"]
+    assert not worker.fail_at(n2.node, task_id, 2, ERROR, retry=True, delay=0)
+    assert n2.state(task_id) == DEAD and n2.task(task_id).error["type"] == "Lost"
+    assert worker.complete_at(n2.node, task_id, 2)
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == DONE for n in ("n2", "n3")),
+                       what="the late DONE to finish the task on n2 and n3")
+    assert not cluster.crashes()
+
+
+def test_a_copy_restarted_from_its_log_learns_the_started_attempt_in_the_resync(inproc, tmp_path):
+    """Fault (review39): a copy's attempt from an ``S`` event is in memory
+    only; n2 restarted from its log came back at an earlier attempt, and
+    the resync did not take the attempt n1 (and n3) knew: when n1 then died
+    during that last attempt, n2 took over and counted from there -- the
+    task started a third time (attempt 1 again). The resync now adopts the
+    higher attempt and its error, and the take-over dead-letters it."""
+    cluster, task_id, _worker = _last_attempt_running(inproc, tmp_path)
+    _restart(cluster, "n2")
+    cluster.wait_until(lambda: cluster["n2"].task(task_id).attempt == 2, what="n2's resync to adopt attempt 2")
+    copy = cluster["n2"].task(task_id)
+    assert copy.error == ERROR and copy.standby
+    _dead_lost(cluster, task_id)
+    assert not cluster.crashes()
+
+
+def test_the_attempt_a_resync_taught_is_kept_across_a_second_restart(inproc, tmp_path):
+    """Fault: the attempt a restarted copy adopted in its resync would live
+    in memory only; restarted again while no resync answers (every SYNC
+    lost), it would be back at an earlier attempt. It is written to the log
+    (an ``R`` record, as another holder's retry is), so the second restart
+    brings it back at attempt 2 with its error."""
+    cluster, task_id, _worker = _last_attempt_running(inproc, tmp_path)
+    _restart(cluster, "n2")
+    cluster.wait_until(lambda: cluster["n2"].task(task_id).attempt == 2, what="n2's resync to adopt attempt 2")
+    cluster.net.drop("SYNC", src="n2")
+    cluster.stop_node("n2")
+    cluster.start_node("n2")
+    copy = cluster["n2"].task(task_id)
+    assert (copy.attempt, copy.error) == (2, ERROR)
+    assert not cluster.crashes()
+
+
+def test_a_standby_copy_restored_from_its_log_keeps_a_put_back_heard_from_another_holder(inproc, tmp_path):
+    """Fault (review39): another holder's put-back (an ``R`` event with eta
+    0: a failure retried at once) changed a standby copy's attempt and error
+    in memory only (a retry with a delay was logged, since review38): n2
+    restarted from its log, every resync lost, came back at attempt 0
+    without its error. It comes back at the put-back's attempt and error
+    (the later start, attempt 2, is the resync's to teach: see above)."""
+    cluster, task_id, _worker = _last_attempt_running(inproc, tmp_path)
+    cluster.net.drop("SYNC", src="n2")
+    cluster.stop_node("n2")
+    cluster.start_node("n2")
+    copy = cluster["n2"].task(task_id)
+    assert (copy.attempt, copy.error) == (1, ERROR)
+    assert not cluster.crashes()
