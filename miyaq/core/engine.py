@@ -260,7 +260,12 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         retry waits out its backoff here still as a standby, which then asks
         the other holders like any standby before it runs -- a runner that
         is alive and still holds the attempt (only the worker's connection
-        to it was lost) answers, and only silence lets the copy run."""
+        to it was lost) answers, and only silence lets the copy run. A
+        FAILED that comes after the copy took over an attempt that was the
+        task's last (dead-lettered ``Lost``:
+        :meth:`~miyaq.core.replicas.ReplicaCopies.take_over`) is ignored, as
+        a late FAILED is after a lease lost here; a late DONE finishes the
+        dead task (:meth:`complete`), here as on a single node."""
         task = self.table.live.get(task_id)
         if task is None or task.attempt != attempt:
             return False   # stale: that attempt was already given up on
