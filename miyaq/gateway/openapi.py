@@ -43,7 +43,11 @@ ERROR_TEXT = {400: "A field is missing or malformed (the error names it), or the
               503: "Node busy (for GET /status and /queues also: asked too often, reason views), too many "
                    "connections from this client, the request bodies read at once past http_body_budget, the "
                    "large answers not yet taken by their clients past http_answer_budget, or shutting down; "
-                   "retry after Retry-After seconds"}
+                   "retry after Retry-After seconds",
+              504: "Not confirmed in time (timeout). A submit not acknowledged within 10 s: resubmit with the same "
+                   "id (or key). A cancel, ack, nack or dead-letter retry or purge: the change is made, but the "
+                   "node's log did not take it within 10 s (a slow or failing disk), and a restart before it does "
+                   "may undo it (docs/http.md, \"What waits for the log\")"}
 #: What the server may answer to any request before (or instead of) its
 #: endpoint: a malformed or oversized request line or headers, a token
 #: missing or without the role, a foreign Host or another site's request,
@@ -53,6 +57,10 @@ COMMON = (400, 401, 403, 408, 414, 431, 503)
 TASK_404 = ("No such task here. In a cluster, a node that is not one of the task's holders (or is outside the "
             "ring) says so and lists the holders' HTTP URLs in error.holders: ask them (docs/http.md, \"A "
             "task's holders in a cluster\")")
+#: The answer of an operation that waits for the node's log (or a submit's
+#: acknowledgement) longer than ``HTTP_ACK_WAIT``: declared since
+#: 2026-12-07, when a generated client met it undeclared.
+LOGGED = 504
 #: What any POST, PUT or DELETE may also be answered: a body labelled as a
 #: form (read to see whether it is JSON, so bounded by http_max_body), or
 #: another type an HTML form sends (docs/http.md, "Content types").
@@ -116,18 +124,19 @@ def paths() -> dict[str, Any]:
     w, t, p, a = "webhooks", "tasks", "pull", "admin"
     enqueue = "Enqueue a webhook (miyamoto-compatible); the worker URL gets the parameters"
     return {
-        "/queue": {"post": op(enqueue, 200, "Scheduled", 400, 403, 413, 415, 503, body=ENQUEUE_BODY, tag=w)},
+        "/queue": {"post": op(enqueue, 200, "Scheduled", 400, 403, 413, 415, 503, LOGGED, body=ENQUEUE_BODY, tag=w)},
         "/queue/{queue}": {"post": op(enqueue + " in this queue", 200, "Scheduled", 400, 403, 413, 415, 503,
-                                      body=ENQUEUE_BODY, params=(QUEUE,), tag=w)},
+                                      LOGGED, body=ENQUEUE_BODY, params=(QUEUE,), tag=w)},
         "/tasks": {
-            "post": op("Submit a named task for Python workers", 202, "Submitted", 400, 413, 415, 503,
+            "post": op("Submit a named task for Python workers", 202, "Submitted", 400, 413, 415, 503, LOGGED,
                        body=json_body("SubmitRequest"), tag=t),
             "get": op("List live and dead tasks", 200, "TaskList", 400,
                       params=(QUEUE_Q, STATE_Q, LIMIT), tag=t)},
         "/tasks/{id}": {
             "get": on_one_task(op("Status of a task", 200, "TaskEnvelope", 400, 404, params=(ID, *PLACEMENT),
                                   tag=t)),
-            "delete": on_one_task(op("Cancel a task", 200, "Cancelled", 400, 404, params=(ID, *PLACEMENT), tag=t))},
+            "delete": on_one_task(op("Cancel a task", 200, "Cancelled", 400, 404, LOGGED, params=(ID, *PLACEMENT),
+                                     tag=t))},
         "/tasks/{id}/result": {"get": on_one_task(op("Outcome of a task, waiting up to ?timeout= seconds", 200,
                                                      "Result", 400, 404, 503, params=(ID, TIMEOUT, *PLACEMENT),
                                                      tag=t))},
@@ -137,9 +146,9 @@ def paths() -> dict[str, Any]:
                                       400, 415, 503, body=json_body("ReceiveRequest", False), tag=p)},
         "/receive_noblock": {"post": op("Take one ready task if there is one", 200, "Received", 400, 415,
                                         body=json_body("ReceiveRequest", False), tag=p)},
-        "/tasks/{id}/ack": {"post": op("Finish a received task with its result", 200, "Ok", 400, 413, 415,
+        "/tasks/{id}/ack": {"post": op("Finish a received task with its result", 200, "Ok", 400, 413, 415, LOGGED,
                                        body=json_body("AckRequest"), params=(ID,), tag=p)},
-        "/tasks/{id}/nack": {"post": op("Fail a received task (retry or dead-letter)", 200, "Ok", 400, 415,
+        "/tasks/{id}/nack": {"post": op("Fail a received task (retry or dead-letter)", 200, "Ok", 400, 415, LOGGED,
                                         body=json_body("NackRequest"), params=(ID,), tag=p)},
         "/tasks/{id}/touch": {"post": op("Extend a received task's lease (of the attempt named)", 200, "Ok", 400,
                                          body=json_body("TouchRequest", False), params=(ID,), tag=p)},
@@ -159,9 +168,9 @@ def paths() -> dict[str, Any]:
         "/dead": {"get": op("Tasks in the dead-letter queue", 200, "TaskList", 400, params=(QUEUE_Q, LIMIT),
                             tag=a)},
         "/dead/retry": {"post": op("Put dead tasks back in their queues (all, by queue or by ids)", 200,
-                                   "Retried", 400, 415, body=json_body("DeadScope", False), tag=a)},
+                                   "Retried", 400, 415, LOGGED, body=json_body("DeadScope", False), tag=a)},
         "/dead/purge": {"post": op("Drop dead tasks for good (all, by queue or by ids)", 200, "Purged",
-                                   400, 415, body=json_body("DeadScope", False), tag=a)},
+                                   400, 415, LOGGED, body=json_body("DeadScope", False), tag=a)},
         "/metrics": {"get": op("Prometheus metrics", 200, None, ok_type="text/plain", tag=a)},
         "/openapi.json": {"get": {"summary": "This document", "tags": [a], "responses": {
             "200": {"description": "OK", "content": {JSON: {"schema": {"type": "object"}}}}}}},
