@@ -77,13 +77,38 @@ def test_the_gateway_serves_https_and_advertises_it(https_node, certs):
     assert status == 200 and b"<html" in body
 
 
-def test_plain_http_to_an_https_port_gets_no_answer(https_node):
+def test_plain_http_to_an_https_port_is_served_nothing(https_node):
     """A plain-HTTP request to the HTTPS port fails its handshake and is closed
-    (counted as tls_handshake); nothing is served in clear text."""
+    (counted as tls_handshake); nothing is served in clear text (its 400,
+    below, says only to use https://)."""
     with socket.create_connection(("127.0.0.1", https_node.config.http_port), timeout=15) as sock:
         sock.sendall(b"GET /status HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode() + b"\r\n\r\n")
         data = read_all(sock)
     assert b"HTTP/1.1 200" not in data and b'"node"' not in data
+
+
+@pytest.mark.parametrize("request_head", [
+    b"GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    b"POST /tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: 13\r\n\r\n"
+    b'{"name": "n"}',
+], ids=["get", "post-with-body"])
+def test_plain_http_to_an_https_port_is_told_to_use_https(https_node, request_head):
+    """Fault: ``curl http://...`` (or an http:// base URL in a client's
+    settings) at a gateway serving HTTPS had its connection closed with no
+    answer -- curl's "Empty reply from server" or "Connection reset by
+    peer" -- which says nothing of the cause. It is now answered a clear-text
+    400 ``protocol`` saying the port serves HTTPS only (as Go's net/http
+    answers), and the connection closed; nothing else is sent in clear."""
+    with socket.create_connection(("127.0.0.1", https_node.config.http_port), timeout=15) as sock:
+        sock.sendall(request_head)
+        data = read_all(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 400 "), data
+    error = json.loads(body)["error"]
+    assert error["code"] == "protocol" and "https://" in error["message"], error
+    status, metrics, _ = https_get(https_node, "/metrics", Path(https_node.config.http_cert))
+    assert status == 200
+    assert re.search(rb'miyaq_http_refused_total\{reason="tls_handshake"\} [1-9]', metrics), metrics
 
 
 def test_a_client_that_does_not_trust_the_certificate_is_refused(https_node, certs):

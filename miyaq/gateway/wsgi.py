@@ -31,6 +31,7 @@ import errno
 import ipaddress
 import json
 import logging
+import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -81,6 +82,10 @@ MALFORMED = _raw_error("400 Bad Request", "protocol", "malformed HTTP request li
 LINE_TOO_LONG = _raw_error("414 URI Too Long", "too_large", "the request line is too long")
 HEADER_TIMEOUT = _raw_error("408 Request Timeout", "request_timeout",
                             "the request line and headers did not arrive in time")
+PLAIN_HTTP = _raw_error("400 Bad Request", "protocol",
+                        "this port serves HTTPS only (the node's http_cert): use an https:// URL, and give the "
+                        "client the certificate's CA (curl --cacert, miyaq --http-ca) if it is not a public one")
+PLAIN_HTTP_DRAIN = 256 * 1024   # bytes of a plain-HTTP request read away before the close
 HEADERS_TOO_LARGE = _raw_error("431 Request Header Fields Too Large", "too_large",
                                f"the request's headers are over {MAX_HEADER_BYTES // 1024} KiB")
 
@@ -344,11 +349,37 @@ class GatewayServer(WSGIServer):
             reason = "it took too long"
         except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
             reason = str(exc) or type(exc).__name__
+            if getattr(exc, "reason", None) == "HTTP_REQUEST":
+                _tell_to_use_https(sock)
         finally:
             timer.close()
         self.refused("tls_handshake")
         logger.debug("TLS handshake with %s failed: %s", host, reason)
         return False
+
+
+def _tell_to_use_https(sock: Any) -> None:
+    """Answer a plain-HTTP request that reached the HTTPS port (OpenSSL's
+    ``HTTP_REQUEST``: the first bytes were a request line, not a TLS
+    record) with :data:`PLAIN_HTTP`, in clear, as Go's net/http does: before
+    2026-12-07 the connection was closed with nothing sent, and ``curl
+    http://`` said "Empty reply from server". Best effort, never waiting: a
+    write the socket does not take at once is given up; what the client
+    already sent is read away (at most :data:`PLAIN_HTTP_DRAIN` bytes) so
+    that closing does not reset the connection before the client reads the
+    answer. Nothing else is sent in clear."""
+    try:
+        fd = sock.fileno()
+        os.write(fd, PLAIN_HTTP)
+        sock.shutdown(socket.SHUT_WR)
+        drained = 0
+        while drained < PLAIN_HTTP_DRAIN:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            drained += len(chunk)
+    except (OSError, ValueError):   # BlockingIOError: nothing more to read now, or a full send buffer
+        pass
 
 
 def client_group(address: str) -> str:
