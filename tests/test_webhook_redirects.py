@@ -44,3 +44,24 @@ def test_a_redirect_is_not_followed_and_is_final(servers, status):
     assert outcome.error["status"] == int(status.split()[0])
     assert len(redirecting.heads) == 1
     assert inside.heads == []
+
+
+@pytest.mark.parametrize("location,shown", [
+    (b"/v2/hook?token=s3cr3t", "{redirecting}/v2/hook"),                  # relative: resolved against the task's URL
+    (b"https://user:pw@hooks.example:8443/new?sig=abc", "https://hooks.example:8443/new"),
+], ids=["relative", "absolute-with-credentials"])
+def test_a_redirect_error_names_where_it_points_and_what_to_do(servers, location, shown):
+    """Fault: a dead-lettered redirect's error said ``HTTP 302: `` and the
+    (usually empty) body: neither where the destination moved nor that the
+    node does not follow redirects, so the team looking at the dead letter
+    could not tell what to change. It now names the Location (as a log line
+    names a URL: no credentials, no query) and says to give the task the
+    final URL."""
+    redirecting = servers(lambda head: b"HTTP/1.1 302 Found\r\nLocation: " + location
+                          + b"\r\nContent-Length: 0\r\n\r\n")
+    outcome = deliver_one(Task("moved", "hooks", None, b"{}", url=f"{redirecting.url}/hook?k=1"))
+    message = outcome.error["message"]
+    assert outcome.error["status"] == 302
+    assert shown.format(redirecting=redirecting.url) in message, message
+    assert "redirects are not followed" in message, message
+    assert "s3cr3t" not in message and "user:pw" not in message and "sig=" not in message, message

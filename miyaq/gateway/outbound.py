@@ -50,7 +50,7 @@ import ssl
 from http.client import IncompleteRead, InvalidURL
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import msgpack
 
@@ -91,6 +91,8 @@ _NOT_SENT = RESERVED_HEADERS | NODE_HEADERS
 #: What ``http.client`` refuses in a request target (and ``urlsplit`` would
 #: silently drop some of: tab, CR, LF).
 _UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
+#: Characters of a redirect's Location named in its error (a task URL's bound).
+LOCATION_SHOWN = 2048
 #: Errors that say the node itself has no file descriptor left, whenever they come.
 OUT_OF_DESCRIPTORS = frozenset({errno.EMFILE, errno.ENFILE})
 #: Errors that say the node itself is short of something while it opens a
@@ -149,18 +151,40 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return max(0.0, min(WEBHOOK_MAX_RETRY_AFTER, seconds))
 
 
-def classify(status: int, retry_after: str | None, body: bytes, now: float) -> Outcome:
+def classify(status: int, retry_after: str | None, body: bytes, now: float, location: str | None = None) -> Outcome:
+    """The outcome of an answer. ``location``: a redirect's ``Location``,
+    resolved against the task's URL (:func:`redirect_target`), named in the
+    error of a 3xx, which is final: redirects are not followed."""
     if 200 <= status < 300:
         text = body[:WEBHOOK_RESULT_LIMIT].decode("utf-8", "replace")
         return Outcome(True, "2xx", result=msgpack.packb({"status": status, "body": text}, use_bin_type=True))
+    head = f"HTTP {status}"
+    if 300 <= status < 400:
+        # before 2026-12-07 only ``HTTP 302: `` and the (often empty) body
+        head += (f" to {location}" if location else "") + (
+            " (redirects are not followed: submit the task with the URL the request should reach)")
     error: dict[str, Any] = {"type": "HTTPError", "status": status, "failed_at": now,
-                             "message": f"HTTP {status}: {body[:WEBHOOK_ERROR_LIMIT].decode('utf-8', 'replace')}"}
+                             "message": f"{head}: {body[:WEBHOOK_ERROR_LIMIT].decode('utf-8', 'replace')}"}
     if status == 429 or status >= 500:
         delay = parse_retry_after(retry_after, now)
         if delay is not None:
             error["retry_after"] = delay
         return Outcome(False, "429" if status == 429 else "5xx", True, delay, error=error)
     return Outcome(False, "4xx" if status >= 400 else "other", False, error=error)
+
+
+def redirect_target(url: str, location: str | None) -> str | None:
+    """Where a redirect's ``location`` points, resolved against ``url`` (the
+    task's), as a log line names a URL (:func:`url_for_logs`: no
+    credentials, query or fragment; at most :data:`LOCATION_SHOWN`
+    characters). None without one, or for one that does not parse."""
+    if not location:
+        return None
+    try:
+        target = url_for_logs(urljoin(url, location.strip()))
+    except ValueError:
+        return None
+    return target[:LOCATION_SHOWN] if target.startswith(("http://", "https://")) else None
 
 
 def request_target(url: str) -> tuple[tuple[str, str, int], str]:
@@ -247,7 +271,8 @@ class Outbound:
                     break
                 body += chunk
             # past the limit, the unread rest goes with the connection, closed below
-            return classify(response.status, response.getheader("Retry-After"), bytes(body), wall())
+            return classify(response.status, response.getheader("Retry-After"), bytes(body), wall(),
+                            redirect_target(task.url or "", response.getheader("Location")))
         except ForbiddenDestination as exc:   # resolves to a private address: never delivered
             return _failure("forbidden", False, "ForbiddenDestination", exc.message, now)
         except green.Timeout as exc:
