@@ -7,11 +7,12 @@ Latin-1. The destinations are raw socket servers in threads, on loopback
 ports the system picks; each is closed by its fixture."""
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Callable, Iterator
 
 import pytest
-from gateway_harness import FIXTURES, Http, NodeThread, wait_for
+from gateway_harness import FIXTURES, Http, NodeThread, metrics_text, wait_for
 from loopback_server import LoopbackServer, read_request
 
 from miyaq.config import NodeConfig
@@ -189,6 +190,29 @@ def test_a_lease_that_runs_out_mid_delivery_stops_its_request_and_gives_its_slot
         for task_id in later:
             assert api.request("DELETE", f"/tasks/{task_id}")[1]["cancelled"] is True
         wait_for(lambda: in_flight(node) == 0, "the cancelled deliveries' slots to be given back")
+    finally:
+        api.close()
+
+
+def test_an_attempt_whose_lease_runs_out_is_counted_once_in_the_metrics(make_http_node, destinations):
+    """Fault: an attempt whose lease ran out mid-request (the task's
+    ``timeout``, 1 s, under ``webhook_timeout``, so the request's own timer
+    runs out with the lease) was counted twice in
+    ``miyaq_webhook_deliveries_total{result="timeout"}``: once by the lease's
+    end, and again by its request's own timeout, which came before the
+    kill that stopped it (the engine ignored the second report; the metric
+    did not): an alert on the timeout rate read double. Each attempt counts
+    once now."""
+    silent = destinations(lambda head: None)
+    node, api = open_node(make_http_node, webhook_timeout=30.0)
+    try:
+        ids = [enqueue(api, {"url": f"{silent.url}/hang/{n}", "queue": "slow", "timeout": 1, "max_retries": 1})
+               for n in range(2)]
+        wait_for(lambda: all(task_of(api, i)["state"] == "dead" for i in ids), "every lease to run out twice")
+        wait_for(lambda: in_flight(node) == 0, "every delivery to end")
+        counted = re.search(r'^miyaq_webhook_deliveries_total\{queue="slow",result="timeout"\} (\S+)$',
+                            metrics_text(node.url), re.M)
+        assert counted is not None and float(counted.group(1)) == 4.0, counted   # 2 tasks x 2 attempts
     finally:
         api.close()
 

@@ -54,6 +54,12 @@ class WebhookLane(Consumer):
         # not ended yet: each holds one of the node's slots (True) or, only
         # if the books were ever wrong, waits for one before it connects (False).
         self.slots: dict[tuple[str, int], bool] = {}
+        # Attempts whose lease ran out while their greenlet still ran: their
+        # outcome is reported (a Timeout) already, and the greenlet -- killed,
+        # unless its own request timed out just before the kill reached it --
+        # reports nothing more (before 2026-12-07 it counted that timeout
+        # again in miyaq_webhook_deliveries_total). Cleared when it ends.
+        self.reported: set[tuple[str, int]] = set()
         # The engine forgot the queue while a delivery was in flight: the lane
         # closes when its last one ends (unless a task of the queue is ready again first).
         self.forgotten = False
@@ -101,6 +107,7 @@ class WebhookLane(Consumer):
         attempt failed as a Timeout."""
         g = self.greenlets.get(task.id, {}).get(task.attempt)
         if g is not None:
+            self.reported.add((task.id, task.attempt))
             g.kill(block=False)
         self.deliverer.lease_ran_out(task)
 

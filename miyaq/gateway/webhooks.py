@@ -201,6 +201,7 @@ class WebhookDeliverer(EngineListener):
         link, from the hub; never blocks): its slot goes back and the lanes
         waiting for one, this one last, are offered the dispatcher again."""
         task_id, attempt = key
+        lane.reported.discard(key)
         attempts = lane.greenlets.get(task_id)
         if attempts is not None:
             attempts.pop(attempt, None)
@@ -260,9 +261,11 @@ class WebhookDeliverer(EngineListener):
                 outcome = self.outbound.send(task, min(self.timeout, task.timeout))
             if outcome.kind not in ("forbidden", "invalid"):   # those never open a connection
                 self.shortage_pause.got_past(mark)
-            self._report(task, attempt, outcome, started)
+            if key not in lane.reported:     # else its lease ran out, reported as a Timeout already
+                self._report(task, attempt, outcome, started)
         except LocalShortage as shortage:
-            self._give_back_for_own_shortage(lane, task, attempt, shortage)
+            if key not in lane.reported:
+                self._give_back_for_own_shortage(lane, task, attempt, shortage)
         except Exception:   # a bug here must not lose the task: fail the attempt, retryably
             _log.log(logging.ERROR, "delivery bug", "webhook delivery of task %s failed unexpectedly", task.id,
                      exc_info=True)
