@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import jsonschema
@@ -63,6 +64,23 @@ class Checker:
             jsonschema.validate(answer, schema, cls=jsonschema.Draft202012Validator)
         self.seen.add((method.lower(), template, status))
         return status, answer
+
+
+def test_every_operation_has_an_operation_id_a_generator_can_name_a_method_by(doc):
+    """Fault: no operation had an ``operationId``. Client generators name
+    their methods by it: some refuse a document without them (AutoRest:
+    "OperationId is required for all operations"; openapi-python-generator:
+    "OperationId is not defined for post"), others make names of the path
+    (``QueuesQueueLimitsPut``) that change when a path does. Each operation
+    now has one: unique, an identifier in every language (letters and
+    digits, a lower-case letter first)."""
+    ids = [(path, method, operation.get("operationId"))
+           for path, item in doc["paths"].items() for method, operation in item.items()]
+    missing = [(path, method) for path, method, op_id in ids if op_id is None]
+    assert missing == [], f"operations without an operationId: {missing}"
+    names = [op_id for _, _, op_id in ids]
+    assert len(set(names)) == len(names), names
+    assert all(re.fullmatch(r"[a-z][A-Za-z0-9]*", name) for name in names), names
 
 
 def test_every_endpoint_answers_as_documented(make_http_node, make_web_worker, doc):

@@ -196,6 +196,52 @@ def _probe(summary: str, ok: tuple[str, ...], not_ok: tuple[str, ...]) -> dict[s
                 "content": {JSON: {"schema": {"oneOf": [status(not_ok), ref("Error")]}}}}}}
 
 
+#: Each operation's ``operationId``: client generators name their methods
+#: by it, and some refuse a document without them (none had one before
+#: 2026-12-07). Stable: a generated client's method names are its users' API.
+OPERATION_IDS: dict[tuple[str, str], str] = {
+    ("/queue", "post"): "enqueueWebhook",
+    ("/queue/{queue}", "post"): "enqueueWebhookInQueue",
+    ("/tasks", "post"): "submitTask",
+    ("/tasks", "get"): "listTasks",
+    ("/tasks/{id}", "get"): "getTask",
+    ("/tasks/{id}", "delete"): "cancelTask",
+    ("/tasks/{id}/result", "get"): "getTaskResult",
+    ("/receive", "post"): "receiveTask",
+    ("/receive_block", "post"): "receiveTaskBlocking",
+    ("/receive_noblock", "post"): "receiveTaskNoWait",
+    ("/tasks/{id}/ack", "post"): "ackTask",
+    ("/tasks/{id}/nack", "post"): "nackTask",
+    ("/tasks/{id}/touch", "post"): "touchTask",
+    ("/status", "get"): "getStatus",
+    ("/queues", "get"): "listQueues",
+    ("/queues/{queue}", "get"): "getQueue",
+    ("/queues/{queue}/limits", "get"): "getQueueLimits",
+    ("/queues/{queue}/limits", "put"): "setQueueLimits",
+    ("/queues/{queue}/limits", "delete"): "removeQueueLimits",
+    ("/queues/{queue}/pause", "post"): "pauseQueue",
+    ("/queues/{queue}/resume", "post"): "resumeQueue",
+    ("/workers", "get"): "listWorkers",
+    ("/dead", "get"): "listDeadTasks",
+    ("/dead/retry", "post"): "retryDeadTasks",
+    ("/dead/purge", "post"): "purgeDeadTasks",
+    ("/metrics", "get"): "getMetrics",
+    ("/openapi.json", "get"): "getOpenApi",
+    ("/livez", "get"): "getLivez",
+    ("/readyz", "get"): "getReadyz",
+}
+
+
+def with_operation_ids(doc_paths: dict[str, Any]) -> dict[str, Any]:
+    """Each operation gets its :data:`OPERATION_IDS` entry, first among its
+    keys; a route without one is a KeyError here, so a new endpoint cannot
+    be documented without its name."""
+    for path, operations in doc_paths.items():
+        for method, operation in operations.items():
+            operations[method] = {"operationId": OPERATION_IDS[(path, method)], **operation}
+    return doc_paths
+
+
 def with_roles(doc_paths: dict[str, Any]) -> dict[str, Any]:
     """Each operation names the role it needs (``x-miyaq-role``, docs/http.md "Tokens and roles")."""
     for path, operations in doc_paths.items():
@@ -236,7 +282,7 @@ def build() -> dict[str, Any]:
                                 "See docs/http.md."},
         "servers": [{"url": "http://127.0.0.1:8088"}],
         "security": [{"bearer": []}, {}],
-        "paths": with_shared_errors(with_roles(paths())),
+        "paths": with_shared_errors(with_roles(with_operation_ids(paths()))),
         "components": {"schemas": SCHEMAS,
                        "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer",
                                                       "description": "required when the node sets http_token or "
