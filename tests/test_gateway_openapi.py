@@ -209,3 +209,26 @@ def test_worker_rows_with_their_task_names_answer_as_documented(make_http_node, 
         for sock in socks:
             sock.close(0)
         ctx.term()
+
+
+def test_a_result_done_after_a_retry_keeps_its_error_as_documented(make_http_node, doc):
+    """Fault: a task done after a retry answers its result *and* the failed
+    attempt's ``error`` (the last failure it kept), and neither the
+    document nor http.md said so: a generated client testing ``error !=
+    nil`` read a success as a failure. The answer is as it was; the
+    document's ``Result.error`` now says to read ``state``."""
+    node = make_http_node()
+    client = Http(node.url)
+    try:
+        client.post("/tasks", {"name": "n", "id": "retried", "queue": "pull"})
+        first = client.post("/receive", {"queues": ["pull"]})[1]["task"]
+        assert client.post("/tasks/retried/nack", {"attempt": first["attempt"], "error": "flaky", "delay": 0})[1]["ok"]
+        second = wait_for(lambda: client.post("/receive", {"queues": ["pull"]})[1]["task"], "the retry")
+        assert client.post("/tasks/retried/ack", {"attempt": second["attempt"], "result": 7})[1] == {"ok": True}
+        status, answer, _ = client.get("/tasks/retried/result")
+    finally:
+        client.close()
+    assert status == 200
+    assert (answer["state"], answer["result"], answer["error"]["message"]) == ("done", 7, "flaky"), answer
+    description = doc["components"]["schemas"]["Result"]["properties"]["error"].get("description", "")
+    assert "earlier attempt" in description and "state" in description, description

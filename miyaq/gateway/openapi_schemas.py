@@ -48,6 +48,13 @@ TASK_ERROR = obj(["type", "message"], closed=False, type=STR, message=STR, trace
                  status=described(INT, "HTTP status a webhook answered"), failed_at=NUM,
                  retry_after=described(NUM, "seconds asked by the webhook's Retry-After"),
                  retry_at=described(NUM, "unix time of the next attempt"))
+#: A result's ``error`` is the task's last failure, which a task that then
+#: succeeded keeps: its presence does not say the task failed (the words
+#: were missing before 2026-12-07, and a client reading "an error, so it
+#: failed" took a retried success for a failure).
+RESULT_ERROR = ("the last failure the task kept: on a task that failed (state dead, cancelled, expired) why; on a "
+                "task done after a retry (state done, result set) an earlier attempt's failure, not this outcome's. "
+                "Read state for the outcome, never the presence of error")
 TASK = obj(["id", "queue", "state"], closed=False,
            id=STR, queue=STR, state={"type": "string", "enum": list(ALL_STATES)}, priority=INT,
            eta=NUM, created=NUM, attempt=INT, max_retries=INT, timeout=NUM, name=STR, url=STR, key=STR,
@@ -123,7 +130,8 @@ SCHEMAS: dict[str, Any] = {
                      unconfirmed=described(BOOL, "cluster: the task's first holder did not answer; this node's "
                                                  "copy did, and the task may run there until the cancel reaches it")),
     "Result": obj(["id", "state", "done"], id=STR, state=STR, done=BOOL, result=ANY,
-                  result_base64=described(STR, "raw msgpack result JSON cannot hold"), error=ref("TaskError")),
+                  result_base64=described(STR, "raw msgpack result JSON cannot hold"),
+                  error=described(ref("TaskError"), RESULT_ERROR)),
     "ReceiveRequest": obj([], queues=STR_LIST, timeout=described(NUM, "seconds to wait; 0 answers at once")),
     "ReceivedTask": {"allOf": [ref("Task"), obj([], closed=False, args={"type": "array"},
                                                 kwargs={"type": "object"}, body_base64=STR)]},
