@@ -18,12 +18,15 @@ from pathlib import Path
 
 import pytest
 from gateway_harness import FIXTURES, NodeThread, free_port, wait_for
+from loopback_server import LoopbackServer
+from test_webhook_faults import deliver_one
 from test_http_slow_clients import read_all
 
 from miyaq.cli.main import main
 from miyaq.errors import ConfigError
 from miyaq.gateway import tls
 from miyaq.gateway.console.peers import Peers
+from miyaq.store.task import Task
 
 http_node, api, make_http_node, make_web_worker = FIXTURES
 
@@ -283,3 +286,41 @@ def test_an_answer_of_many_pieces_arrives_whole_over_tls(https_node, certs):
         assert call("GET", "/status")[0] == 200      # the connection is still in step
     finally:
         conn.close()
+
+
+class SelfSignedDestination(LoopbackServer):
+    """An https:// webhook destination whose certificate no system CA signed:
+    it completes the server side of the handshake, if the client goes on."""
+
+    def __init__(self, cert: Path, key: Path) -> None:
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(str(cert), str(key))
+        super().__init__()
+
+    def _serve(self, conn: socket.socket) -> None:
+        conn.settimeout(15)
+        try:
+            with self.context.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1)
+        except (OSError, ValueError):   # the node refuses the certificate: the handshake fails here too
+            pass
+
+
+def test_a_webhook_destination_with_an_untrusted_certificate_says_how_to_trust_it(certs):
+    """Fault: a webhook to an https:// web worker whose certificate a
+    private CA signed failed every attempt with the TLS library's words
+    alone (``SSLCertVerificationError: ... self-signed certificate``), and
+    nothing said how the node could trust that CA. The error now says it
+    (the system's CA certificates, or ``SSL_CERT_FILE`` naming a bundle
+    that holds it), and the attempt is still retried (a CA installed
+    meanwhile lets the next one through)."""
+    cert, key = certs["other"]
+    destination = SelfSignedDestination(cert, key)
+    try:
+        outcome = deliver_one(Task("private-ca", "hooks", None, b"{}",
+                                   url=f"https://127.0.0.1:{destination.port}/hook"))
+    finally:
+        destination.close()
+    assert (outcome.ok, outcome.kind, outcome.retryable) == (False, "connection", True), outcome
+    message = outcome.error["message"]
+    assert "CERTIFICATE_VERIFY_FAILED" in message and "SSL_CERT_FILE" in message, message

@@ -91,6 +91,12 @@ _NOT_SENT = RESERVED_HEADERS | NODE_HEADERS
 #: What ``http.client`` refuses in a request target (and ``urlsplit`` would
 #: silently drop some of: tab, CR, LF).
 _UNSENDABLE_URL = re.compile(r"[\x00-\x20\x7f]")
+#: What an https:// destination's certificate the node does not trust adds to
+#: its error (before 2026-12-07 the TLS library's words alone).
+UNTRUSTED_CERTIFICATE = (" -- the node verifies an https:// destination's certificate against the system's CA "
+                         "certificates, and it must name the URL's host: for a private CA, add it to them, or start "
+                         "the node with SSL_CERT_FILE naming a PEM bundle that holds it with the public CAs it also "
+                         "needs (docs/http.md, \"Webhook delivery\")")
 #: Characters of a redirect's Location named in its error (a task URL's bound).
 LOCATION_SHOWN = 2048
 #: Errors that say the node itself has no file descriptor left, whenever they come.
@@ -283,6 +289,9 @@ class Outbound:
             return _failure("timeout", True, "Timeout", f"no complete answer within {timeout:g}s", now)
         except InvalidURL as exc:   # an HTTPException, but no transport error: never deliverable
             return _failure("invalid", False, "InvalidURL", str(exc), now)
+        except ssl.SSLCertVerificationError as exc:   # an OSError: said before it, with what to do
+            return _failure("connection", True, "ConnectionError",
+                            f"{exc.__class__.__name__}: {exc}{UNTRUSTED_CERTIFICATE}", now)
         except OSError as exc:   # DNS failures included
             if local_shortage(exc, opening):
                 raise LocalShortage(exc) from exc
