@@ -132,3 +132,16 @@ def test_a_worker_stopping_with_running_tasks_says_how_to_stop_at_once(node, cli
     line = next(r.getMessage() for r in caplog.records if " stopping: " in r.getMessage())
     assert line.endswith(" stopping: 1 running task(s), 0 given back unstarted, grace 2.0s (a second Ctrl-C or "
                          "SIGTERM stops at once: the running tasks go back to the node, attempt spent)"), line
+
+
+@pytest.mark.parametrize("path", ["/queues/mail/pause", "/dead/retry"])
+def test_an_empty_curl_d_says_to_send_no_body_or_json(api, path):
+    """Mistake: an operator's ``curl -d '' .../queues/mail/pause`` (or
+    ``/dead/retry``): curl labels the empty body a form, which the gateway
+    refuses as what an HTML form sends (415). Before: "... expected
+    Content-Type application/json", and the same empty body sent so still
+    reads as no JSON. Now the message says what works: no body at all
+    (``curl -X POST``) or a JSON one (``-d '{}'``)."""
+    status, body, _ = api.post(path, raw=b"", content_type="application/x-www-form-urlencoded")
+    assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), body
+    assert "curl -X POST" in body["error"]["message"] and "-d '{}'" in body["error"]["message"], body

@@ -327,7 +327,8 @@ class Request:
         if media not in (JSON_TYPE, "") and not media.endswith("+json") and media != FORM_TYPE:
             raise UnsupportedMediaType(f"expected Content-Type {JSON_TYPE}, got {media!r}")
         if labelled_form and not self.body().strip():
-            raise UnsupportedMediaType(f"an empty {FORM_TYPE} body is what an HTML form sends: expected "
+            raise UnsupportedMediaType(f"an empty {FORM_TYPE} body is what an HTML form sends (and curl -d ''): "
+                                       "send no body at all (curl -X POST, without -d) or a JSON one (-d '{}'), "
                                        f"Content-Type {JSON_TYPE}", field="Content-Type")
         if not self.body():
             if required:
