@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway_harness import FIXTURES
+from gateway_harness import FIXTURES, Http
 
 import miyaq
 from miyaq.client.wire import pack_args
@@ -145,3 +145,20 @@ def test_an_empty_curl_d_says_to_send_no_body_or_json(api, path):
     status, body, _ = api.post(path, raw=b"", content_type="application/x-www-form-urlencoded")
     assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), body
     assert "curl -X POST" in body["error"]["message"] and "-d '{}'" in body["error"]["message"], body
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/health"])
+def test_a_probe_at_the_usual_names_is_told_the_node_s_probes(make_http_node, path):
+    """Mistake: a Kubernetes probe (or a load balancer's health check) at
+    ``/healthz``, the name many services use, on a node with tokens.
+    Before: 401 "a bearer token is required", so the operator gave the
+    probe a token and then met a 404 that named no probe. Now, without a
+    token, a 404 naming ``/livez`` and ``/readyz``, which need none."""
+    node = make_http_node(http_token="admin-token-0123456789abcdef0123")
+    client = Http(node.url)
+    try:
+        status, body, _ = client.get(path)
+    finally:
+        client.close()
+    assert (status, body["error"]["code"]) == (404, "not_found"), body
+    assert "/livez" in body["error"]["message"] and "/readyz" in body["error"]["message"], body

@@ -50,6 +50,18 @@ NEEDS: dict[tuple[str, str], Role] = {
 OPEN: frozenset[str] = frozenset({"/livez", "/readyz"})
 
 
+#: Paths other services' health probes use, which this gateway does not
+#: have: answered 404 without a token, naming :data:`OPEN` (before
+#: 2026-12-07 a node with tokens answered them 401, and a probe given a
+#: token then met a 404 that named no probe).
+PROBE_GUESSES: frozenset[str] = frozenset({"/healthz", "/health", "/healthcheck", "/ready", "/live", "/ping"})
+
+
+def is_probe_guess(path: str) -> bool:
+    """True for a path another service's probe would use (:data:`PROBE_GUESSES`)."""
+    return path in PROBE_GUESSES
+
+
 def is_open(path: str) -> bool:
     """True for a path any caller may use without a token (:data:`OPEN`)."""
     return path in OPEN

@@ -20,6 +20,7 @@ from collections.abc import Callable
 
 from miyaq.errors import NotFound
 from miyaq.gateway.errors import MethodNotAllowed
+from miyaq.gateway.permissions import is_probe_guess
 from miyaq.gateway.request import Request, Response
 from miyaq.security.roles import Role
 
@@ -103,5 +104,8 @@ class Router:
         if allowed:
             raise MethodNotAllowed(f"{_as_get(request.method)} is not allowed on {path}",
                                    allow=allowed_methods(allowed))
+        if is_probe_guess(path):
+            raise NotFound(f"no endpoint {path}: this node's health probes are GET /livez (its event loop answers) "
+                           "and GET /readyz (it would serve now), and they need no token")
         raise NotFound(f"no endpoint {path}; GET /openapi.json lists them (the web console is /ui, unless "
                        f"http_console is off)")

@@ -60,6 +60,7 @@ from miyaq.gateway.errors import ClientClosedRequest, http_status
 from miyaq.gateway.hangup import LongPolls
 from miyaq.gateway.metrics import NodeMetrics
 from miyaq.gateway.origin import HostCheck, refuse_cross_site, refuse_form_body
+from miyaq.gateway.permissions import is_probe_guess
 from miyaq.gateway.request import BodyBudget, Request, Response, json_response
 from miyaq.gateway.routes import build_router
 from miyaq.gateway.signing import WebhookSigner
@@ -293,6 +294,8 @@ class Gateway:
         route_name = "unmatched"
         try:
             self._screen(request)
+            if is_probe_guess(request.path):   # another service's probe path: its 404 names ours, for anyone
+                self.router.match(request)     # (a route of that path, were one added, is served as any)
             caller = self.auth.check(request)
             route = self.router.match(request)
             route_name = route.template
