@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import datetime
 import logging
+import socket
 import threading
 import time
 
 import pytest
 
-from gateway_harness import FIXTURES, Http
+from gateway_harness import FIXTURES, Http, wait_for
 
 import miyaq
 from miyaq.client.wire import pack_args
@@ -162,3 +163,27 @@ def test_a_probe_at_the_usual_names_is_told_the_node_s_probes(make_http_node, pa
         client.close()
     assert (status, body["error"]["code"]) == (404, "not_found"), body
     assert "/livez" in body["error"]["message"] and "/readyz" in body["error"]["message"], body
+
+
+def test_one_connection_too_many_says_which_setting_and_when_to_raise_it(make_http_node):
+    """Mistake: consumers behind one NAT or proxy address, each holding a
+    long-poll, pass ``http_max_client_connections`` (128). Before: 503
+    "too many connections from 10.0.0.5 (http_max_client_connections 128)",
+    the setting's TOML name and nothing about the shared address. Now the
+    message names the flag and says when to raise it."""
+    node = make_http_node(http_max_client_connections=1)
+    held = socket.create_connection(("127.0.0.1", node.config.http_port), timeout=15)
+    try:
+        held.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")       # never finished
+        server = node.call(lambda: node.node.part("gateway").server)
+        wait_for(lambda: node.call(lambda: server.clients.get("127.0.0.1")) == 1, "the held connection counted")
+        client = Http(node.url)
+        try:
+            status, body, _ = client.get("/status")
+        finally:
+            client.close()
+    finally:
+        held.close()
+    assert (status, body["error"]["code"]) == (503, "busy"), body
+    assert "--http-max-client-connections" in body["error"]["message"], body
+    assert "proxy" in body["error"]["message"], body

@@ -331,7 +331,9 @@ class GatewayServer(WSGIServer):
                 sock.setblocking(False)
                 sock.send(_raw_error("503 Service Unavailable", "busy",
                                      f"too many connections from {host} (http_max_client_connections "
-                                     f"{self.limits.per_client})", "Retry-After: 1\r\n"))
+                                     f"{self.limits.per_client}): close some, or, if many clients share this "
+                                     "address (a proxy, a NAT), raise --http-max-client-connections (0: no "
+                                     "cap) and let the proxy limit them", "Retry-After: 1\r\n"))
             except OSError:
                 pass
         _close(sock)
