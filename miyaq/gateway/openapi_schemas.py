@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from miyaq.core.task_names import NAMES_SHOWN
+from miyaq.protocol.task_names import MAX_ID_CHARS, MAX_QUEUE_CHARS
 from miyaq.store.task import ALL_STATES
 
 STR = {"type": "string"}
@@ -43,6 +44,18 @@ def described(schema: dict[str, Any], text: str) -> dict[str, Any]:
     return {**schema, "description": text}
 
 
+#: A task id and a queue name as the server checks them
+#: (:mod:`miyaq.protocol.task_names`; before 2026-12-07 the document said
+#: only "a string", and a client validating by it sent what the server refused).
+TASK_ID = described({"type": "string", "pattern": f"^[A-Za-z0-9_.:-]{{1,{MAX_ID_CHARS}}}$"},
+                    f"1 to {MAX_ID_CHARS} characters of A-Z a-z 0-9 _ . : - (default: a new random id)")
+#: ``POST /queue`` takes an empty id as none (a miyamoto form's empty ``task.id=``): a new id.
+WEBHOOK_ID = described({"type": "string", "pattern": f"^([A-Za-z0-9_.:-]{{1,{MAX_ID_CHARS}}})?$"},
+                       f"1 to {MAX_ID_CHARS} characters of A-Z a-z 0-9 _ . : -; empty or left out: a new random id")
+QUEUE_NAME = described({"type": "string", "pattern": f"^([A-Za-z0-9_.:-]{{1,{MAX_QUEUE_CHARS}}})?$"},
+                       f"1 to {MAX_QUEUE_CHARS} characters of A-Z a-z 0-9 _ . : -; empty or left out: default")
+PRIORITY = described(INT, "lower runs first: within a queue a ready task of a lower number always starts before "
+                          "one of a higher number (default 0; negative numbers allowed)")
 TIME = described({"type": ["number", "string"]}, "unix seconds, or an ISO 8601 date-time (UTC if no offset)")
 TASK_ERROR = obj(["type", "message"], closed=False, type=STR, message=STR, traceback=STR,
                  status=described(INT, "HTTP status a webhook answered"), failed_at=NUM,
@@ -111,11 +124,11 @@ SCHEMAS: dict[str, Any] = {
     "EnqueueJson": obj(["url"], url=WEBHOOK_URL, params={"type": "object"},
                        countdown=NUM, eta=TIME, method={"type": "string", "enum": ["POST", "PUT", "PATCH",
                                                                                   "GET", "DELETE"]},
-                       queue=STR, id=STR, priority=INT, ttl=NUM, max_retries=INT, timeout=NUM, backoff=NUM,
-                       key=STR, headers={"type": "object", "additionalProperties": STR}),
+                       queue=QUEUE_NAME, id=WEBHOOK_ID, priority=PRIORITY, ttl=NUM, max_retries=INT, timeout=NUM,
+                       backoff=NUM, key=STR, headers={"type": "object", "additionalProperties": STR}),
     "Scheduled": obj(["status", "id"], status={"const": "scheduled"}, id=STR, duplicate=BOOL),
-    "SubmitRequest": obj(["name"], name=STR, args={"type": "array"}, kwargs={"type": "object"}, id=STR,
-                         queue=STR, priority=INT, countdown=NUM, eta=TIME, ttl=NUM, max_retries=INT,
+    "SubmitRequest": obj(["name"], name=STR, args={"type": "array"}, kwargs={"type": "object"}, id=TASK_ID,
+                         queue=QUEUE_NAME, priority=PRIORITY, countdown=NUM, eta=TIME, ttl=NUM, max_retries=INT,
                          backoff=NUM, backoff_max=NUM, timeout=described(NUM, "the lease, in seconds"),
                          key=STR, replicas=INT, at_most_once=BOOL,
                          offset=described(NUM, "cluster: seconds between holder ranks' timers (0 to a year; "

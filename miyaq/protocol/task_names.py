@@ -15,7 +15,9 @@ MAX_ID_CHARS = 64
 MAX_KEY = 256
 """The longest ``key`` (characters), which the ring places a keyed task by."""
 _ID = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_ID_CHARS)     # \Z: "$" would let a trailing newline in
-_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}\Z")
+MAX_QUEUE_CHARS = 128
+"""The longest queue name."""
+_QUEUE = re.compile(r"^[A-Za-z0-9_.:\-]{1,%d}\Z" % MAX_QUEUE_CHARS)
 MIN_TTL, MAX_TTL = 0.001, 10 * YEAR
 """A task's ``ttl`` bounds (seconds); a periodic schedule's ``ttl`` has the same."""
 
@@ -33,5 +35,6 @@ def is_id(value: Any) -> bool:
 
 def check_queue(value: Any, field: str = "queue") -> str:
     if not isinstance(value, str) or not _QUEUE.match(value):
-        raise InvalidField(f"field {field!r} must be 1-128 characters of A-Z a-z 0-9 _ . : -", field=field)
+        raise InvalidField(f"field {field!r} must be 1-{MAX_QUEUE_CHARS} characters of A-Z a-z 0-9 _ . : -",
+                           field=field)
     return value
