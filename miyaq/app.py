@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import inspect
-import weakref
+import threading
 from typing import TYPE_CHECKING, Any, Callable, Iterable, ParamSpec, TypeVar, Unpack, overload
 
 from .client.arguments import endpoint_list
@@ -96,7 +96,10 @@ class App:
         # belongs to its thread's hub (a worker's hub and its asyncio thread).
         self._clients: dict[int, Client] = {}
         # miyaq.aio clients, one per event loop (a client belongs to its loop).
-        self._aio: weakref.WeakKeyDictionary[Any, AioClient] = weakref.WeakKeyDictionary()
+        # A client holds its loop, so an entry outlives the loop: the clients
+        # of loops that ended are let go when a new loop makes one (see aio).
+        self._aio: dict[Any, AioClient] = {}
+        self._aio_lock = threading.Lock()     # loops in several threads (the threads pool)
         self.green: bool | None = None   # the gevent worker sets True before handlers run
 
     @property
@@ -129,17 +132,24 @@ class App:
         client = self._aio.get(loop)
         if client is None or client.closed:
             from .aio import Client as Aio
-            client = self._aio[loop] = Aio(",".join(self.endpoints), key=self.key, server_key=self.server_key,
-                                           **self.client_options)
+            with self._aio_lock:
+                ended = [other for other in self._aio if other.is_closed()]
+                let_go = [self._aio.pop(other) for other in ended]
+                client = self._aio[loop] = Aio(",".join(self.endpoints), key=self.key, server_key=self.server_key,
+                                               **self.client_options)
+            for old in let_go:
+                old.abandon()
         return client
 
     async def aclose(self) -> None:
         """Flush and close the running loop's ``app.aio`` client (if it was used)."""
         import asyncio
         try:
-            client = self._aio.pop(asyncio.get_running_loop(), None)
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             return
+        with self._aio_lock:
+            client = self._aio.pop(loop, None)
         if client is not None:
             await client.close()
 

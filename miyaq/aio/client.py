@@ -272,6 +272,17 @@ class Client:
         if unanswered or refused:
             raise MiyaqError(_closed_elsewhere(unanswered, refused))
 
+    def abandon(self) -> None:
+        """Close a client whose event loop is closed (it can never run
+        there again): its sockets now, unflushed, and what it held
+        unacknowledged said once at ERROR, as the exit report says it.
+        Nothing is waited for; a client whose loop may still run is left
+        alone (close it there). ``app.aio`` calls it for the clients of the
+        loops that ended (before 2026-12-07 it kept them for good)."""
+        if self._io.loop is not None and not self._io.loop.is_closed():
+            return
+        self._io.abandon()
+
     async def _closed_in_own_loop(self, flush: bool, timeout: float) -> bool:
         """From another thread than the one running the client's loop: hand
         the close to that loop and wait for it (True once closed there).

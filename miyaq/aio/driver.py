@@ -207,6 +207,16 @@ class AsyncDriver:
         if self._finalizer.detach() is not None:
             self.factory.close()     # the sockets, now and once
 
+    def abandon(self) -> None:
+        """Close a driver whose loop is closed: its finalizer's work now
+        (:func:`_close_unclosed`: the unacknowledged submits reported as
+        dropped, the sockets closed). Its futures are left as they are:
+        their loop is closed, nobody awaits them."""
+        if self.closed:
+            return
+        self.closed = True
+        self._finalizer()
+
     # -- calls ---------------------------------------------------------------------------
     def submit(self, p: Pending, counted: bool = False) -> None:
         """Hand a submit to the core: at once when the client is idle, else at
