@@ -11,6 +11,7 @@ from typing import Any
 
 import miyaq
 from miyaq.testing.harness import free_port
+from process_tree import forked_exit_code
 
 
 def counts() -> tuple[int, int]:
@@ -92,4 +93,32 @@ def test_loops_in_several_threads_each_get_a_client(node):
     assert not errors
     assert len(app.client.tasks(queue="threads", limit=100)) == 40
     assert len(app._aio) <= 4
+    app.close()
+
+
+def test_a_forked_child_lets_go_of_the_parents_ended_client(node):
+    """Fault: the parent used ``app.aio`` in a loop that ended (a check at
+    start-up), then forked (a pre-forking server). The child's first loop
+    lets go of the parent's client without closing the parent's sockets
+    (not the child's), submits through a client of its own, and exits; the
+    parent's next loop still works."""
+    app = miyaq.App(node.endpoint)
+    add = app.task(lambda a, b: a + b, name="add", queue="forked")
+
+    async def submit(i: int) -> str:
+        return (await add.submit_async(i, 1, wait=True)).id
+
+    asyncio.run(submit(0))
+    pid = os.fork()
+    if pid == 0:                                 # the child: never returns into pytest
+        code = 2
+        try:
+            asyncio.run(submit(1))
+            asyncio.run(submit(2))
+            code = 0
+        finally:
+            os._exit(code)
+    assert forked_exit_code(pid, 30.0, "the forked child hung") == 0
+    asyncio.run(submit(3))
+    assert len(app.client.tasks(queue="forked", limit=10)) == 4
     app.close()

@@ -211,10 +211,15 @@ class AsyncDriver:
         """Close a driver whose loop is closed: its finalizer's work now
         (:func:`_close_unclosed`: the unacknowledged submits reported as
         dropped, the sockets closed). Its futures are left as they are:
-        their loop is closed, nobody awaits them."""
+        their loop is closed, nobody awaits them. In a forked child (the
+        parent's client, let go there) nothing is closed: the parent's
+        context and sockets are not this process's (see :meth:`ensure_started`)."""
         if self.closed:
             return
         self.closed = True
+        if self._pid != os.getpid():
+            self._finalizer.detach()
+            return
         self._finalizer()
 
     # -- calls ---------------------------------------------------------------------------
