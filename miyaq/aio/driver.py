@@ -45,6 +45,13 @@ from .window import WindowRoom
 logger = logging.getLogger(__name__)
 
 
+#: Seconds late a timer fires, past which the loop is taken for held (a
+#: handler that blocked it): the readers get two passes first (see
+#: :meth:`AsyncDriver._catching_up`).
+LATE = 0.1
+CATCH_UP_PASSES = 2
+
+
 class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
                  security: SocketSecurity | None = None, endpoints_source: str = "given",
@@ -66,6 +73,8 @@ class AsyncDriver:
                                max_message=max_message, on_resolved=self.room.freed)
         self._timer: asyncio.TimerHandle | None = None
         self._timer_holds = False     # the timer holds the driver (submits unresolved: see _arm)
+        self._timer_at = 0.0          # the loop time it is due at
+        self._catch_up = 0            # passes it was put off, fired late (see _catching_up)
         self._flush_soon = False
         self.closed = False
 
@@ -268,8 +277,10 @@ class AsyncDriver:
             self._arm()
 
     def _on_timer(self) -> None:
+        assert self.loop is not None
+        late = self.loop.time() - self._timer_at
         self._timer = None
-        if self.closed:
+        if self.closed or self._catching_up(late):
             return
         try:
             self.core.on_timer(monotonic())
@@ -285,8 +296,32 @@ class AsyncDriver:
         does: acknowledged, or failed by their ``submit_timeout``); otherwise
         it holds the driver weakly, and a dropped client is collected."""
         assert self.loop is not None
-        delay = self.core.next_timer(monotonic())
-        when = self.loop.time() + delay
+        self._schedule(self.loop.time() + self.core.next_timer(monotonic()))
+
+    def _catching_up(self, late: float) -> bool:
+        """True: the timer fired ``late`` seconds late (at least
+        :data:`LATE`: the loop was held -- a handler that blocked it) and
+        runs again after a pass of the loop, twice, before it fails any
+        deadline: the answers that came meanwhile wait in the sockets, and
+        the readers take them in those passes (pyzmq resolves a reader's
+        receive in the pass the timer fires in; the reader runs in the
+        next). Before 2026-12-07 the timer ran first: every call the loop
+        was held past the deadline of failed with ``Timeout`` -- "the node
+        did not answer in time", "task ... not acknowledged before its
+        deadline" for a task the node had stored -- its answer unread."""
+        if self._catch_up == 0 and late < LATE:
+            return False
+        if self._catch_up >= CATCH_UP_PASSES:
+            self._catch_up = 0
+            return False
+        self._catch_up += 1
+        assert self.loop is not None
+        self._schedule(self.loop.time())
+        return True
+
+    def _schedule(self, when: float) -> None:
+        """Run the timer at loop time ``when`` (or earlier, as it was already)."""
+        assert self.loop is not None
         holds = self.core.in_flight > 0
         if self._timer is not None:
             if self._timer.when() <= when and (self._timer_holds or not holds):
@@ -297,6 +332,7 @@ class AsyncDriver:
         else:
             self._timer = self.loop.call_at(when, _timer_fired, weakref.ref(self))
         self._timer_holds = holds
+        self._timer_at = when
 
     def _on_reply(self, node: int, sock: Any, frames: list[bytes]) -> bool:
         """One message from node ``node``; False once ``sock`` is no longer its
