@@ -71,7 +71,7 @@ class AsyncDriver:
         self.room = WindowRoom(self._count, self._uncount)     # submits waiting for room in the window
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None     # a TimerHandle, or a Handle under uvloop (see _schedule)
         self._timer_holds = False     # the timer holds the driver (submits unresolved: see _arm)
         self._timer_at = 0.0          # the loop time it is due at
         self._catch_up = 0            # passes it was put off, fired late (see _catching_up)
@@ -320,11 +320,16 @@ class AsyncDriver:
         return True
 
     def _schedule(self, when: float) -> None:
-        """Run the timer at loop time ``when`` (or earlier, as it was already)."""
+        """Run the timer at loop time ``when`` (or earlier, as it was already).
+        Its time is kept here, not asked of the handle: uvloop's ``call_at``
+        for a time less than a millisecond ahead is a ``call_soon``, whose
+        handle has no ``when()`` (before 2026-12-07 the next call crashed
+        the client with AttributeError: under ``uvicorn[standard]``, a
+        burst of submits that filled the window)."""
         assert self.loop is not None
         holds = self.core.in_flight > 0
         if self._timer is not None:
-            if self._timer.when() <= when and (self._timer_holds or not holds):
+            if self._timer_at <= when and (self._timer_holds or not holds):
                 return
             self._timer.cancel()
         if holds:
