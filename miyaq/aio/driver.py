@@ -52,6 +52,12 @@ LATE = 0.1
 CATCH_UP_PASSES = 2
 
 
+#: What a call on a closed client raises.
+CLOSED_FOR_GOOD = ("client is closed: a miyaq.aio.Client is not used again after close() (a lifespan's shutdown, "
+                   "`async with` ending); make one in the lifespan, for each run of it, or use app.aio, which "
+                   "makes a new one after await app.aclose()")
+
+
 class AsyncDriver:
     def __init__(self, endpoints: list[str], *, max_batch: int, ack_timeout: float, max_message: int,
                  security: SocketSecurity | None = None, endpoints_source: str = "given",
@@ -162,9 +168,12 @@ class AsyncDriver:
 
     # -- lifecycle -------------------------------------------------------------------------
     def ensure_started(self) -> None:
-        """Start the readers in the running loop; refuse another loop."""
+        """Start the readers in the running loop; refuse another loop, and
+        a closed client, saying what to do (a web app's module-level client
+        closed by one lifespan's shutdown and used by the next: a test
+        suite's TestClient per test)."""
         if self.closed:
-            raise MiyaqError("client is closed")
+            raise MiyaqError(CLOSED_FOR_GOOD)
         self.check_loop()
         if self.loop is not None:
             return
