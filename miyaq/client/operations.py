@@ -202,6 +202,7 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
     ``ValueError``."""
     deadline = monotonic() + (RESULT_WAIT_DEFAULT if timeout is None else timeout)
     refusals = 0
+    went_away = False       # a node asked went away during the wait (stopped, restarted)
     while True:
         if isinstance(node, str) and not nodes.knows(node):
             node = None     # asked at every round: the node may be retired while one waits elsewhere
@@ -210,7 +211,12 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
         try:
             answer = yield from any_node(nodes, c.RESULT, {"id": task_id, "timeout": wait}, node,
                                          timeout=wait + request_timeout)
+        except NotFound as err:
+            if not went_away or not err.message.startswith("no task"):
+                raise
+            raise NotFound(gone_during_the_wait(err.message), **err.details) from None
         except (NoAnswer, ShuttingDown) as err:
+            went_away = True
             if monotonic() >= deadline:
                 raise
             if isinstance(err, ShuttingDown):    # every node asked is stopping: ask again in a moment
@@ -232,6 +238,18 @@ def wait_result(nodes: Nodes, task_id: str, timeout: float | None, node: str | i
             continue
         if not answer.get("timeout") or monotonic() >= deadline:
             return answer
+
+
+def gone_during_the_wait(message: str) -> str:
+    """A result wait's ``NotFound`` (``message``: the node's) once a node
+    it asked went away during the wait: a node restarted without a data
+    dir forgets the tasks it held. Before 2026-12-07 the caller got only
+    the node's "no task <id>" for a task a node had accepted a moment
+    before (a web app's ``await task.call_async(...)`` while its node
+    restarted)."""
+    return (f"{message}: a node went away during the wait (stopped or restarted), and no node asked knows the "
+            "task now -- a node without a data dir (--data-dir) forgets the tasks it held when it stops "
+            "(docs/durability.md)")
 
 
 def tasks(queue: str | None, state: str | None, limit: int) -> Operation:
