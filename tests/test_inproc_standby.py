@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from miyaq.cluster.holder_events import STARTED_ELSEWHERE
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.constants import QUERY_TIMEOUT
 from miyaq.runtime import wall
 from miyaq.store.task import DEAD, DONE, RETRYING, SCHEDULED, Task

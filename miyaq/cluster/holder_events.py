@@ -63,7 +63,7 @@ from miyaq.core.attempts import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event
-from miyaq.protocol.recordspec import STARTED_ELSEWHERE, Outcome
+from miyaq.protocol.recordspec import Outcome
 from miyaq.runtime import monotonic, wall
 from miyaq.store.records import latest_lessee
 from miyaq.store.table import Tombstone, error_bytes
@@ -324,8 +324,8 @@ def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], n
     if state == RUNNING:
         _running_twice(role, src, task, attempt)
         return
-    if n > 4 and ev[4]:     # at most once
-        role.engine.finish_copy(task.id, STARTED_ELSEWHERE, None, None, now)
+    if n > 4 and ev[4]:     # at most once: a placeholder, which takes the lessee's DONE if the runner dies
+        role.engine.start_elsewhere(task, attempt, ev[5] if n > 5 else None, now)
         return
     if attempt > task.attempt:
         task.attempt = attempt

@@ -230,9 +230,15 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         been leased to them). A completion of an earlier attempt still
         finishes the task (it did run); a second execution under way is
         aborted and counted as a duplicate -- also one of the same attempt
-        number leased to another consumer after a revival (:meth:`_holds_run`)."""
+        number leased to another consumer after a revival (:meth:`_holds_run`).
+        Where another holder ran an at-most-once task, its lessee's DONE
+        replaces this node's ``started-elsewhere`` placeholder
+        (:meth:`~miyaq.core.placeholders.Placeholders.complete_placeholder`:
+        the runner's node died)."""
         task = self.table.live.get(task_id) or self.table.dead.get(task_id)
-        if task is None or not self._reporter_ok(task, attempt, by):
+        if task is None:     # an at-most-once task's placeholder takes its lessee's DONE
+            return self.complete_placeholder(task_id, attempt, result, now, by)
+        if not self._reporter_ok(task, attempt, by):
             return False
         if task.state == RUNNING and (task.attempt != attempt or not self._holds_run(task, by)):
             other = task.consumer

@@ -18,7 +18,7 @@ from typing import Any
 
 from miyaq.config import NodeConfig
 from miyaq.constants import MAX_QUEUES
-from miyaq.core.transitions import Transitions
+from miyaq.core.placeholders import Placeholders
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import is_id
@@ -70,8 +70,9 @@ def key_winner(task_id: str, error: Any) -> str | None:
     return winner
 
 
-class ReplicaCopies(Transitions):
-    """The engine's operations on the copies of replicated tasks."""
+class ReplicaCopies(Placeholders):
+    """The engine's operations on the copies of replicated tasks (an
+    at-most-once task's placeholder: :class:`~miyaq.core.placeholders.Placeholders`)."""
 
     def __init__(self, config: NodeConfig) -> None:
         super().__init__(config)
@@ -174,10 +175,14 @@ class ReplicaCopies(Transitions):
             # placeholder was not: see _finish) -- unless the placeholder is
             # itself a ghost, whose copy counts the task when it comes.
             replaces = stone is not None and stone.state == STARTED_ELSEWHERE and state != STARTED_ELSEWHERE
+            if replaces:
+                self.drop_placeholder_lease(task_id)
             if stone is None or replaces:
                 ghost = Task(task_id, stone.queue if stone is not None else "default", None, b"",
                              key=key if key is not None or stone is None else stone.key)
                 ghost.error = error
+                if stone is not None:
+                    ghost.attempt = stone.attempt     # the attempt that started elsewhere (S event)
                 self.table.bury(ghost, state, result, now)
                 if stone is None:
                     self._note_uncounted(task_id)
