@@ -128,3 +128,23 @@ def test_an_at_most_once_task_whose_runner_died_and_no_report_came_never_runs_ag
         assert kind == "error" and body["code"] == "not_found"
     assert workers["n2"].times(task_id) == 0 and workers["n3"].times(task_id) == 0
     assert not cluster.crashes()
+
+
+def test_a_placeholder_finished_by_the_lessees_done_is_done_after_a_restart(inproc, tmp_path):
+    """Fault: n2 restarts from its log after it took the lessee's DONE of
+    an at-most-once task whose runner died. The DONE is logged like any
+    end (an ``F`` record after the placeholder's): the task comes back
+    ``done`` with its result, not ``started-elsewhere``."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    task_id = cluster.task_led_by("n1")
+    worker = cluster.worker("n1")
+    cluster.submit_accepted("n1", task_id, body=b"x", at_most_once=True, timeout=LEASE)
+    cluster.wait_until(lambda: worker.runs(task_id), what="n1 to start the task")
+    cluster.wait_until(lambda: cluster["n2"].state(task_id) == STARTED_ELSEWHERE, what="n2's placeholder")
+    cluster.stop_node("n1")
+    assert worker.complete_at(cluster["n2"].node, task_id, 1, result=b"\x2a")
+    cluster.stop_node("n2")
+    cluster.start_node("n2")
+    stone = _stone(cluster, "n2", task_id)
+    assert (stone.state, stone.result) == (DONE, b"\x2a")
+    assert not cluster.crashes()
