@@ -271,7 +271,10 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         task's last (dead-lettered ``Lost``:
         :meth:`~miyaq.core.replicas.ReplicaCopies.take_over`) is ignored, as
         a late FAILED is after a lease lost here; a late DONE finishes the
-        dead task (:meth:`complete`), here as on a single node."""
+        dead task (:meth:`complete`), here as on a single node. An
+        at-most-once task's ``started-elsewhere`` placeholder refuses it:
+        it holds no payload to dead-letter (its lessee's DONE it takes:
+        :mod:`miyaq.core.placeholders`)."""
         task = self.table.live.get(task_id)
         if task is None or task.attempt != attempt:
             return False   # stale: that attempt was already given up on
