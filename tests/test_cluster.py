@@ -139,6 +139,32 @@ def test_dispatching_node_killed_while_the_task_runs(cluster, procs, events):
     assert duplicates(cluster, others) == 0
 
 
+def test_dispatching_node_killed_while_an_at_most_once_task_runs(cluster, procs, events):
+    """Fault: kill -9 of the node that dispatched a running at-most-once
+    task. The other holders keep only a ``started-elsewhere`` placeholder;
+    the worker's DONE to one of them finishes the task on every survivor
+    with its result (before 2026-12-07 it was refused: the result lost, the
+    task ``started-elsewhere`` until result_ttl), and it does not run again."""
+    path, env = events
+    cluster.start(3, "--replicas", "3")
+    procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 2, env=env)
+    key = "once-only"
+    first = cluster.holders(key, 3)[0]
+    others = [n for n in cluster.nodes if n != first]
+    wait_for(lambda: all(cluster.stats(n)["totals"]["workers"] == 1 for n in cluster.nodes),
+             what="worker on every node")
+    c = cluster.client(others[0])
+    handle = c.submit("sleep", [2.0], key=key, timeout=30, at_most_once=True, wait=True)
+    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
+             what="the placeholders on the other holders")
+    cluster.kill(first)
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "done" for n in others), timeout=30,
+             what="done on the surviving holders")
+    assert len(starts(path, handle.id, "sleep-start")) == 1
+    assert duplicates(cluster, others) == 0
+
+
 def test_dispatching_node_killed_after_it_read_the_result(cluster, procs, events):
     """Fault: the node that dispatched a task freezes while the task runs,
     so the worker's DONE waits unread in its socket, and is then killed
