@@ -139,6 +139,19 @@ def test_dispatching_node_killed_while_the_task_runs(cluster, procs, events):
     assert duplicates(cluster, others) == 0
 
 
+def _three_holders_and_a_worker(cluster: Cluster, procs, env: dict, key: str, *options: str):
+    """Three nodes, every task on all three, one worker registered with
+    each: ``(the first holder of key, the other two, a client of the
+    second)``."""
+    cluster.start(3, "--replicas", "3", *options)
+    procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 2, env=env)
+    first = cluster.holders(key, 3)[0]
+    others = [n for n in cluster.nodes if n != first]
+    wait_for(lambda: all(cluster.stats(n)["totals"]["workers"] == 1 for n in cluster.nodes),
+             what="worker on every node")
+    return first, others, cluster.client(others[0])
+
+
 def test_dispatching_node_killed_while_an_at_most_once_task_runs(cluster, procs, events):
     """Fault: kill -9 of the node that dispatched a running at-most-once
     task. The other holders keep only a ``started-elsewhere`` placeholder;
@@ -146,15 +159,8 @@ def test_dispatching_node_killed_while_an_at_most_once_task_runs(cluster, procs,
     with its result (before 2026-12-07 it was refused: the result lost, the
     task ``started-elsewhere`` until result_ttl), and it does not run again."""
     path, env = events
-    cluster.start(3, "--replicas", "3")
-    procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 2, env=env)
-    key = "once-only"
-    first = cluster.holders(key, 3)[0]
-    others = [n for n in cluster.nodes if n != first]
-    wait_for(lambda: all(cluster.stats(n)["totals"]["workers"] == 1 for n in cluster.nodes),
-             what="worker on every node")
-    c = cluster.client(others[0])
-    handle = c.submit("sleep", [2.0], key=key, timeout=30, at_most_once=True, wait=True)
+    first, others, c = _three_holders_and_a_worker(cluster, procs, env, "once-only")
+    handle = c.submit("sleep", [2.0], key="once-only", timeout=30, at_most_once=True, wait=True)
     wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
     wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
              what="the placeholders on the other holders")
@@ -176,15 +182,8 @@ def test_dispatching_node_killed_after_it_read_the_result(cluster, procs, events
     nodes' heartbeat is 5 s, so the worker cannot take the frozen node for
     silent (15 s) before the kill."""
     path, env = events
-    cluster.start(3, "--replicas", "3", "--heartbeat", "5")
-    procs.worker("apps.basic:app", cluster.nodes["n0"].endpoint, 2, env=env)
-    key = "result-in-flight"
-    first = cluster.holders(key, 3)[0]
-    others = [n for n in cluster.nodes if n != first]
-    wait_for(lambda: all(cluster.stats(n)["totals"]["workers"] == 1 for n in cluster.nodes),
-             what="worker on every node")
-    c = cluster.client(others[0])
-    handle = c.submit("sleep", [1.0], key=key, timeout=60, wait=True)
+    first, others, c = _three_holders_and_a_worker(cluster, procs, env, "result-in-flight", "--heartbeat", "5")
+    handle = c.submit("sleep", [1.0], key="result-in-flight", timeout=60, wait=True)
     wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
     wait_for(lambda: all((cluster.task_on(n, handle.id) or {}).get("attempt") == 1 for n in others),
              what="the other holders heard it start")
