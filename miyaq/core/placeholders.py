@@ -34,7 +34,7 @@ from miyaq.store.task import DONE, Task
 
 #: Placeholder leases kept at most: one per at-most-once task that another
 #: holder runs now, as a placeholder's lease goes when the runner's finish
-#: replaces it. Each is about 170 bytes (measured, /tmp/amoreport/mem.py)
+#: replaces it. Each is about 170 bytes (tracemalloc, 2026-12-07)
 #: beside the lessee's name (at most ``MAX_LESSEE``, 512 characters): at
 #: most about 7 MB in all, 2 MB with workers' usual names.
 MAX_PLACEHOLDER_LEASES = 10_000
