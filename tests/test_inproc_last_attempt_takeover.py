@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from miyaq.store.task import DEAD, DONE
+from miyaq.runtime import wall
+from miyaq.store.task import DEAD, DONE, READY
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -133,4 +134,29 @@ def test_a_standby_copy_restored_from_its_log_keeps_a_put_back_heard_from_anothe
     cluster.start_node("n2")
     copy = cluster["n2"].task(task_id)
     assert (copy.attempt, copy.error) == (1, ERROR)
+    assert not cluster.crashes()
+
+
+def test_a_last_attempt_given_back_unstarted_runs_at_a_take_over(inproc, tmp_path):
+    """Fault (review40): the last attempt's worker gives it back unstarted
+    (a RETURN, a refused or cancelled /receive): n1 has the task ready at
+    attempt 1 again, but n2 and n3 heard only the ``S`` event of attempt 2.
+    n1 then dies before any consumer takes it: n2's take-over dead-lettered
+    the task ``Lost`` -- "the holder running this task's last attempt was
+    lost" -- though that attempt never ran. The give-back is told to the
+    other holders (an ``R`` event, as a put-back), and n2 runs the task."""
+    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
+    worker.stop()
+    n1 = cluster["n1"]
+    assert n1.node.core.engine.give_back(task_id, 2, worker.principal, wall())
+    n1.wake()
+    assert (n1.state(task_id), n1.task(task_id).attempt) == (READY, 1)
+    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 1 for n in ("n2", "n3")),
+                       what="n2 and n3 to hear the give-back (attempt 1 again)")
+    standby = cluster.worker("n2")
+    cluster.stop_node("n1")
+    cluster.advance(LEASE + 2 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: standby.runs(task_id) or cluster["n2"].state(task_id) == DEAD, timeout=60,
+                       what="n2 to take over")
+    assert standby.delivered == [(task_id, 2)], cluster["n2"].task(task_id).error
     assert not cluster.crashes()

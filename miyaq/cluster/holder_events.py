@@ -143,6 +143,13 @@ class EventPublisher(EngineListener):
     def task_retrying(self, task: Task, reason: str) -> None:
         self._emit(task, ["R", task.id, task.attempt, task.eta if task.state == RETRYING else 0.0, task.error])
 
+    def task_given_back(self, task: Task) -> None:
+        # The attempt the S event announced did not run: the standby copies
+        # take the attempt back as a put-back's (eta 0). Before review40 they
+        # kept it, and a take-over after the holder was lost dead-lettered a
+        # given-back last attempt `Lost`, never run.
+        self._emit(task, ["R", task.id, task.attempt, 0.0, task.error])
+
     def task_dead(self, task: Task) -> None:
         self._emit(task, ["D", task.id, task.attempt, task.error])
 

@@ -205,7 +205,10 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         return True
 
     def release(self, task_id: str, now: float) -> bool:
-        """A consumer gives back a task it never started: no attempt is spent."""
+        """A consumer gives back a task it never started: no attempt is spent
+        (the listeners' ``task_given_back``: the other holders of a
+        replicated task are told, an ``R`` event, so a standby copy that
+        heard the start does not count the attempt as run)."""
         task = self.table.live.get(task_id)
         if task is None or task.state != RUNNING:
             return False
@@ -213,6 +216,8 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         forget_lease(task, task.attempt)
         task.attempt -= 1
         self._make_ready(task, now)
+        for listener in self.listeners:
+            listener.task_given_back(task)
         return True
 
     def give_back(self, task_id: str, attempt: int, by: str, now: float) -> bool:

@@ -29,6 +29,11 @@ class EngineListener:
     def task_retrying(self, task: Task, reason: str) -> None:
         """A task failed or was lost and waits for its next attempt."""
 
+    def task_given_back(self, task: Task) -> None:
+        """A consumer gave back, unstarted, the attempt it was leased
+        (:meth:`~miyaq.core.engine.Engine.release`): the task is ready
+        again, its attempt one less (``task_ready`` came first)."""
+
     def task_dead(self, task: Task) -> None:
         """A task moved to the dead-letter queue."""
 
