@@ -160,3 +160,26 @@ def test_a_last_attempt_given_back_unstarted_runs_at_a_take_over(inproc, tmp_pat
                        what="n2 to take over")
     assert standby.delivered == [(task_id, 2)], cluster["n2"].task(task_id).error
     assert not cluster.crashes()
+
+
+def test_a_last_attempt_given_back_then_its_holder_restarted_runs(inproc, tmp_path):
+    """Fault (review40): n1 has the last attempt given back (ready again at
+    attempt 1, its log says so) and is restarted -- a planned restart, no
+    node lost. n2 had heard only the ``S`` event of attempt 2; n1's
+    reconcile resync adopted that attempt, and n1's own copy, asking first
+    and hearing only standby copies, dead-lettered the task ``Lost`` ("the
+    holder running this task's last attempt was lost") though it never
+    ran. The give-back's ``R`` event keeps n2 at attempt 1: the task runs."""
+    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
+    worker.stop()
+    assert cluster["n1"].node.core.engine.give_back(task_id, 2, worker.principal, wall())
+    cluster["n1"].wake()
+    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 1 for n in ("n2", "n3")),
+                       what="n2 and n3 to hear the give-back (attempt 1 again)")
+    _restart(cluster, "n1")
+    runner = cluster.worker("n1")
+    cluster.advance(LEASE + 4 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: runner.runs(task_id) or cluster["n1"].state(task_id) == DEAD, timeout=60,
+                       what="n1's copy to run or die")
+    assert runner.delivered == [(task_id, 2)], cluster["n1"].task(task_id).error
+    assert not cluster.crashes()
