@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 
 from miyaq.runtime import wall
-from miyaq.store.task import DEAD, DONE, READY
+from miyaq.store.records import transfer_record
+from miyaq.store.task import DEAD, DONE, READY, revivals
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -182,4 +183,29 @@ def test_a_last_attempt_given_back_then_its_holder_restarted_runs(inproc, tmp_pa
     cluster.wait_until(lambda: runner.runs(task_id) or cluster["n1"].state(task_id) == DEAD, timeout=60,
                        what="n1's copy to run or die")
     assert runner.delivered == [(task_id, 2)], cluster["n1"].task(task_id).error
+    assert not cluster.crashes()
+
+
+def test_a_resync_does_not_adopt_an_attempt_of_an_earlier_revival(inproc, tmp_path):
+    """Fault (a mutant of sync.py no test killed, review40): a resync source
+    that missed the task's death and its retry from the dead letters still
+    holds its copy of the earlier revival, at the attempt that ran then.
+    Taken by the revived copy here (attempt 0 again), a take-over would
+    count that old attempt -- the task's last -- and dead-letter it ``Lost``
+    unrun. Only an attempt of the same revival is adopted."""
+    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
+    stale = transfer_record(cluster["n3"].task(task_id))       # n3's copy, before the death and the retry
+    assert (stale["attempt"], stale.get("meta")) == (2, None)
+    worker.fail(task_id, ERROR, retry=True, delay=0)            # the last attempt: dead-lettered
+    worker.stop()                                               # (after: a report grants it credit again)
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == DEAD for n in NODES), what="dead everywhere")
+    assert cluster["n1"].engine.dead_retry([task_id], wall()) == [task_id]
+    cluster["n1"].wake()
+    n2 = cluster["n2"]
+    cluster.wait_until(lambda: n2.state(task_id) not in (DEAD, None) and revivals(n2.task(task_id)) == 1,
+                       what="n2's copy revived (V event)")
+    assert n2.task(task_id).attempt == 0
+    with n2.role.events.applying_remote():
+        n2.role.resync._apply("n3", {"tasks": [stale], "stones": [], "next": None}, 0, 0)
+    assert n2.task(task_id).attempt == 0, "an attempt of the earlier revival adopted"
     assert not cluster.crashes()
