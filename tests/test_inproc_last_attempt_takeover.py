@@ -209,3 +209,37 @@ def test_a_resync_does_not_adopt_an_attempt_of_an_earlier_revival(inproc, tmp_pa
         n2.role.resync._apply("n3", {"tasks": [stale], "stones": [], "next": None}, 0, 0)
     assert n2.task(task_id).attempt == 0, "an attempt of the earlier revival adopted"
     assert not cluster.crashes()
+
+
+def test_an_at_most_once_task_learnt_running_in_a_resync_is_not_run_again_at_a_take_over(inproc, tmp_path):
+    """Fault (a mutant of replicas.take_over no test killed, review40): n2
+    and n3 never got the ``S`` event of an at-most-once task (lost), so
+    their copies were not ended ``started-elsewhere``; a resync taught n2
+    the attempt n1 runs. n1 then dies: n2's take-over must not start the task a second
+    time -- it dead-letters it ``Lost``, as a node restarted while an
+    at-most-once task ran does."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    for _ in range(200):
+        task_id = cluster.task_led_by("n1")
+        if cluster.holders(task_id)[1] == "n2":
+            break
+    assert cluster.holders(task_id)[:2] == ["n1", "n2"], cluster.holders(task_id)
+    cluster.net.drop("EVENTS", src="n1", event="S")      # n3 never says "started elsewhere" either
+    cluster.submit_accepted("n1", task_id, body=b"x", at_most_once=True, timeout=LEASE)
+    worker = cluster.worker("n1")
+    cluster.wait_until(lambda: worker.runs(task_id), what="the start on n1")
+    n2 = cluster["n2"]
+    assert n2.task(task_id).attempt == 0
+    with n2.role.events.applying_remote():
+        running = transfer_record(cluster["n1"].task(task_id))
+        n2.role.resync._apply("n1", {"tasks": [running], "stones": [], "next": None}, 0, 0)
+    assert n2.task(task_id).attempt == 1
+    standby = cluster.worker("n2")
+    cluster.stop_node("n1")
+    cluster.advance(LEASE + 2 * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: standby.runs(task_id) or n2.state(task_id) == DEAD, timeout=60,
+                       what="n2 to take over")
+    assert standby.times(task_id) == 0, "an at-most-once task started twice"
+    assert n2.task(task_id).error["message"] == ("the holder running an at-most-once task was lost, "
+                                                 "and no other holder runs it")
+    assert not cluster.crashes()
