@@ -219,6 +219,36 @@ def test_an_answer_whose_write_fails_with_an_unexpected_error_is_given_back(make
         assert status == 200 and body["result"] == "x" * RESULT
 
 
+def test_an_answer_counted_then_failing_before_it_is_handed_to_the_server_is_given_back(make_http_node,
+                                                                                      monkeypatch):
+    """Fault: an error between the count of a large answer and its
+    ``start_response`` (a bug in what is done there: the metrics' count of
+    the request, here) -- pywsgi never gets the answer, so nothing would
+    close it: it stays counted for good, and enough of them refuse every
+    large answer 503. It is given back where it fails (review40: that path
+    had no test; its mutant survived)."""
+    node = make_http_node(http_answer_budget=BUDGET)
+    gateway = node.node.part("gateway")
+    with clients(node) as (api, opened):
+        finished(node, api, "r1")
+        real = gateway.metrics.http_request
+        failed: list[int] = []
+
+        def failing(method, route, status):
+            if route == "/tasks/{id}/result" and not failed:
+                failed.append(status)
+                raise RuntimeError("injected: counting a large answer's request fails")
+            return real(method, route, status)
+
+        monkeypatch.setattr(gateway.metrics, "http_request", failing)
+        sock = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        assert status_of(sock) == 500
+        assert failed, "the injected failure was reached"
+        wait_for(lambda: held(node) == 0, "the answer that never reached the server given back")
+        status, body, _ = api.get("/tasks/r1/result")
+        assert status == 200 and body["result"] == "x" * RESULT
+
+
 def test_the_budget_counts_each_body_once_refuses_nothing_alone_and_gives_back_once():
     """AnswerBudget's rules, without a node: an answer larger than the
     budget still goes when nothing is held (never refused for ever); one
