@@ -32,7 +32,7 @@ from typing import Any
 
 from miyaq.cluster.ring_view import Member
 from miyaq.config import NodeConfig
-from miyaq.constants import HOUSEKEEPING_INTERVAL, STALL
+from miyaq.constants import FROZEN_RESYNC_TIMEOUT, HOUSEKEEPING_INTERVAL, STALL, SUSPECT_AFTER_FREEZE
 from miyaq.errors import Timeout
 from miyaq.node.assemble import build_node
 from miyaq.protocol.taskspec import task_from_wire
@@ -47,6 +47,11 @@ from miyaq.testing.consumer import InProcessWorker
 #: How far :meth:`InProcessCluster.accepted` moves the clocks at a time while
 #: a node that refused a submit ``unavailable`` still holds back.
 SUSPECT_STEP = 0.5
+#: At most this much clock time is moved on so (what a freeze holds back
+#: for: ``SUSPECT_AFTER_FREEZE``, and a reconcile's ``FROZEN_RESYNC_TIMEOUT``);
+#: past it the wait is in real time, so a node held back by anything else (a
+#: fence) does not see thousands of seconds pass before the Timeout (review40).
+SUSPECT_ADVANCE = SUSPECT_AFTER_FREEZE + FROZEN_RESYNC_TIMEOUT
 
 logger = logging.getLogger(__name__)
 
@@ -266,10 +271,15 @@ class InProcessCluster:
         time passes for the nodes, and a test whose process stalled waits
         milliseconds, not 5 s (7 such tests took 36 s of a suite run)."""
         role = self[node_id].role
+        advanced = 0.0
         while role.not_coordinating() or role.reconcile.refusing():
             if monotonic() >= deadline:
                 raise Timeout(f"{node_id} to coordinate submits again not reached in time{self._refused_note()}")
-            self.advance(SUSPECT_STEP)
+            if advanced < SUSPECT_ADVANCE:
+                self.advance(SUSPECT_STEP)
+                advanced += SUSPECT_STEP
+            else:       # held back by something else (a fence, a reconcile waiting on messages): real time
+                green.sleep(0.005)
 
     def worker(self, node_id: str, queues: list[str] | None = None, capacity: int = 100) -> InProcessWorker:
         """A consumer on ``node_id`` that takes tasks and finishes them when told."""
