@@ -1,7 +1,7 @@
 """The asyncio driver of the client's core (:mod:`miyaq.client.core`).
 
 Everything runs in the event loop's thread: one reader task per socket
-feeds replies to the core; one timer (``loop.call_later``) runs the core's
+feeds replies to the core; one timer (:mod:`.timer`) runs the core's
 ``on_timer`` no later than it asks; submits made in one pass of the loop
 leave together at the end of it (``call_soon``), so a burst is batched while
 a lone submit from an idle client leaves at once. Sockets are
@@ -39,17 +39,11 @@ from ..errors import MiyaqError
 from ..runtime.clock import monotonic
 from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
 from ..runtime.sockets import SocketFactory, SocketSecurity
+from .timer import LoopTimer
 from .unsent import report_dropped
 from .window import WindowRoom
 
 logger = logging.getLogger(__name__)
-
-
-#: Seconds late a timer fires, past which the loop is taken for held (a
-#: handler that blocked it): the readers get two passes first (see
-#: :meth:`AsyncDriver._catching_up`).
-LATE = 0.1
-CATCH_UP_PASSES = 2
 
 
 #: What a call on a closed client raises.
@@ -77,10 +71,7 @@ class AsyncDriver:
         self.room = WindowRoom(self._count, self._uncount)     # submits waiting for room in the window
         self.core = ClientCore(self, self.nodes, max_batch=max_batch, ack_timeout=ack_timeout,
                                max_message=max_message, on_resolved=self.room.freed)
-        self._timer: asyncio.Handle | None = None     # a TimerHandle, or a Handle under uvloop (see _schedule)
-        self._timer_holds = False     # the timer holds the driver (submits unresolved: see _arm)
-        self._timer_at = 0.0          # the loop time it is due at
-        self._catch_up = 0            # passes it was put off, fired late (see _catching_up)
+        self._timer: LoopTimer | None = None     # made in the loop, when it starts (see _arm)
         self._flush_soon = False
         self.closed = False
 
@@ -187,6 +178,7 @@ class AsyncDriver:
         self.loop = loop = asyncio.get_running_loop()
         self._readers.update({i: self._readers_of(loop, i) for i, sock in enumerate(self.socks) if sock is not None})
         self._finalize_unclosed()     # now with the loop and the readers to stop there
+        self._timer = LoopTimer(loop, self)
         self._arm()
 
     def check_loop(self) -> None:
@@ -286,10 +278,9 @@ class AsyncDriver:
             self._arm()
 
     def _on_timer(self) -> None:
-        assert self.loop is not None
-        late = self.loop.time() - self._timer_at
-        self._timer = None
-        if self.closed or self._catching_up(late):
+        assert self._timer is not None
+        late = self._timer.went_off()
+        if self.closed or self._timer.catching_up(late, self.core.in_flight > 0):
             return
         try:
             self.core.on_timer(monotonic())
@@ -304,49 +295,8 @@ class AsyncDriver:
         dropped without close() still delivers them (as the threaded client
         does: acknowledged, or failed by their ``submit_timeout``); otherwise
         it holds the driver weakly, and a dropped client is collected."""
-        assert self.loop is not None
-        self._schedule(self.loop.time() + self.core.next_timer(monotonic()))
-
-    def _catching_up(self, late: float) -> bool:
-        """True: the timer fired ``late`` seconds late (at least
-        :data:`LATE`: the loop was held -- a handler that blocked it) and
-        runs again after a pass of the loop, twice, before it fails any
-        deadline: the answers that came meanwhile wait in the sockets, and
-        the readers take them in those passes (pyzmq resolves a reader's
-        receive in the pass the timer fires in; the reader runs in the
-        next). Before 2026-12-07 the timer ran first: every call the loop
-        was held past the deadline of failed with ``Timeout`` -- "the node
-        did not answer in time", "task ... not acknowledged before its
-        deadline" for a task the node had stored -- its answer unread."""
-        if self._catch_up == 0 and late < LATE:
-            return False
-        if self._catch_up >= CATCH_UP_PASSES:
-            self._catch_up = 0
-            return False
-        self._catch_up += 1
-        assert self.loop is not None
-        self._schedule(self.loop.time())
-        return True
-
-    def _schedule(self, when: float) -> None:
-        """Run the timer at loop time ``when`` (or earlier, as it was already).
-        Its time is kept here, not asked of the handle: uvloop's ``call_at``
-        for a time less than a millisecond ahead is a ``call_soon``, whose
-        handle has no ``when()`` (before 2026-12-07 the next call crashed
-        the client with AttributeError: under ``uvicorn[standard]``, a
-        burst of submits that filled the window)."""
-        assert self.loop is not None
-        holds = self.core.in_flight > 0
-        if self._timer is not None:
-            if self._timer_at <= when and (self._timer_holds or not holds):
-                return
-            self._timer.cancel()
-        if holds:
-            self._timer = self.loop.call_at(when, self._on_timer)
-        else:
-            self._timer = self.loop.call_at(when, _timer_fired, weakref.ref(self))
-        self._timer_holds = holds
-        self._timer_at = when
+        assert self.loop is not None and self._timer is not None
+        self._timer.schedule(self.loop.time() + self.core.next_timer(monotonic()), self.core.in_flight > 0)
 
     def _on_reply(self, node: int, sock: Any, frames: list[bytes]) -> bool:
         """One message from node ``node``; False once ``sock`` is no longer its
@@ -406,12 +356,6 @@ def _handed(driver: "weakref.ref[AsyncDriver]", handle: _Handler, node: int, soc
     that no reference to the driver outlives the call in the reader's frame)."""
     alive = driver()
     return alive is not None and handle(alive, node, sock, frames)
-
-
-def _timer_fired(driver: "weakref.ref[AsyncDriver]") -> None:
-    alive = driver()
-    if alive is not None:
-        alive._on_timer()
 
 
 def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
