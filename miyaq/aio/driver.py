@@ -23,7 +23,7 @@ import itertools
 import logging
 import os
 import weakref
-from typing import Any, Callable
+from typing import Any
 
 import zmq
 
@@ -39,6 +39,7 @@ from ..errors import MiyaqError
 from ..runtime.clock import monotonic
 from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
 from ..runtime.sockets import SocketFactory, SocketSecurity
+from .readers import pump
 from .timer import LoopTimer
 from .unsent import report_dropped
 from .window import WindowRoom
@@ -191,8 +192,8 @@ class AsyncDriver:
     def _readers_of(self, loop: asyncio.AbstractEventLoop, node: int) -> list[asyncio.Task[None]]:
         """Node ``node``'s reader and watcher: each holds the driver weakly."""
         me = weakref.ref(self)
-        return [loop.create_task(_pump(me, AsyncDriver._on_reply, node, self.socks[node])),
-                loop.create_task(_pump(me, AsyncDriver._on_event, node, self.monitors[node]))]
+        return [loop.create_task(pump(me, AsyncDriver._on_reply, node, self.socks[node])),
+                loop.create_task(pump(me, AsyncDriver._on_event, node, self.monitors[node]))]
 
     @property
     def in_own_loop(self) -> bool:
@@ -326,36 +327,6 @@ class AsyncDriver:
                          "no longer be used: its unfinished calls failed, make a new one")
         self.closed = True
         self.core.fail_all(MiyaqError("client I/O failed; see the log"))
-
-
-_Handler = Callable[[AsyncDriver, int, Any, list[bytes]], bool]
-"""A driver's method taking one message of node ``node``'s socket or
-monitor; False: stop reading it."""
-
-
-async def _pump(driver: "weakref.ref[AsyncDriver]", handle: _Handler, node: int, sock: Any) -> None:
-    """Read ``sock`` (node ``node``'s socket or monitor) and hand each message
-    to ``handle`` of the driver, until it says stop or the driver is gone.
-    The driver is held only while a message is handled: a reader waiting for
-    the next one keeps nothing alive (see :func:`_close_unclosed`)."""
-    try:
-        while True:
-            frames = await sock.recv_multipart()
-            if not _handed(driver, handle, node, sock, frames):
-                return
-    except asyncio.CancelledError:
-        raise
-    except Exception:
-        alive = driver()
-        if alive is not None:
-            alive._crash()
-
-
-def _handed(driver: "weakref.ref[AsyncDriver]", handle: _Handler, node: int, sock: Any, frames: list[bytes]) -> bool:
-    """``handle`` the message if the driver lives (a function of its own, so
-    that no reference to the driver outlives the call in the reader's frame)."""
-    alive = driver()
-    return alive is not None and handle(alive, node, sock, frames)
 
 
 def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
