@@ -19,7 +19,6 @@ descriptors, 2 libzmq threads and 2 tasks kept for each client dropped).
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import os
 import weakref
@@ -38,10 +37,10 @@ from ..client.resolver import Waiter
 from ..errors import MiyaqError
 from ..runtime.clock import monotonic
 from ..runtime.connections import CONNECTION_CLOSED, CONNECTION_READY, monitor_event, redial
-from ..runtime.sockets import SocketFactory, SocketSecurity
+from ..runtime.sockets import SocketSecurity
 from .readers import pump
 from .timer import LoopTimer
-from .unsent import report_dropped
+from .unclosed import close_unclosed
 from .window import WindowRoom
 
 logger = logging.getLogger(__name__)
@@ -95,7 +94,7 @@ class AsyncDriver:
 
     def _finalize_unclosed(self) -> None:
         """(Re)make the finalizer of a driver collected unclosed (its client
-        dropped without close()): see :func:`_close_unclosed`. Made again
+        dropped without close()): see :func:`~.unclosed.close_unclosed`. Made again
         once the driver knows its loop and readers."""
         # Left to pyzmq, the context's finalizer would wait for sockets of the same
         # garbage cycle, whose weak references the collector has already cleared: the
@@ -108,7 +107,7 @@ class AsyncDriver:
             previous.detach()
         core: ClientCore | None = getattr(self, "core", None)     # None while __init__ dials: no submit yet
         unsent = (core.submits.pending, core.submits.waiting) if core is not None else ({}, [])
-        self._finalizer = weakref.finalize(self, _close_unclosed, self.factory, self.socks, self.monitors,
+        self._finalizer = weakref.finalize(self, close_unclosed, self.factory, self.socks, self.monitors,
                                            self._readers, self.loop, *unsent)
         self._finalizer.atexit = False     # at exit pyzmq leaves contexts alone: nothing waits
 
@@ -220,7 +219,7 @@ class AsyncDriver:
 
     def abandon(self) -> None:
         """Close a driver whose loop is closed: its finalizer's work now
-        (:func:`_close_unclosed`: the unacknowledged submits reported as
+        (:func:`~.unclosed.close_unclosed`: the unacknowledged submits reported as
         dropped, the sockets closed). Its futures are left as they are:
         their loop is closed, nobody awaits them. In a forked child (the
         parent's client, let go there) nothing is closed: the parent's
@@ -327,38 +326,3 @@ class AsyncDriver:
                          "no longer be used: its unfinished calls failed, make a new one")
         self.closed = True
         self.core.fail_all(MiyaqError("client I/O failed; see the log"))
-
-
-def _close_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
-                    readers: dict[int, list["asyncio.Task[None]"]], loop: asyncio.AbstractEventLoop | None,
-                    pending: dict[str, Pending], waiting: list[Pending]) -> None:
-    """The finalizer of a driver collected unclosed (``socks`` and
-    ``monitors`` are held only to keep them reachable until the context
-    closes them). While its event loop runs, its readers are stopped and its
-    sockets closed in that loop, at its next pass (a collection may run in
-    any thread, and in the middle of anything); otherwise -- never started,
-    its loop stopped or closed -- the sockets are closed now. The submits
-    still ``pending`` (unacknowledged) or ``waiting`` to be sent go with it:
-    logged as the exit report of a client never closed logs them
-    (:func:`~.unsent.report_dropped`). Before 2026-12-07 a client collected
-    after its loop ended (one garbage cycle with its driver and handles,
-    collected before the interpreter's exit) dropped them without a word."""
-    unanswered = sum(1 + len(p.joined or ()) for p in itertools.chain(pending.values(), waiting))
-    if unanswered:
-        report_dropped(unanswered, 0)
-    if loop is not None and loop.is_running():
-        try:
-            loop.call_soon_threadsafe(_stop_unclosed, factory, socks, monitors, readers)
-            return
-        except RuntimeError:        # closed since
-            pass
-    factory.close()
-
-
-def _stop_unclosed(factory: SocketFactory, socks: list[Any], monitors: list[Any],
-                   readers: dict[int, list["asyncio.Task[None]"]]) -> None:
-    """In the loop of a driver collected unclosed: cancel its readers and close its sockets."""
-    for tasks in readers.values():
-        for task in tasks:
-            task.cancel()
-    factory.close()

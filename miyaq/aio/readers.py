@@ -3,7 +3,7 @@ its messages and hands each to the driver (:class:`~miyaq.aio.driver.AsyncDriver
 
 A reader holds its driver only weakly, and only while a message is handled:
 a reader waiting for the next one keeps nothing alive, so a client dropped
-without ``close()`` is collected (see :func:`~.driver._close_unclosed`).
+without ``close()`` is collected (see :mod:`.unclosed`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ async def pump(driver: "weakref.ref[D]", handle: Handler[D], node: int, sock: An
     """Read ``sock`` (node ``node``'s socket or monitor) and hand each message
     to ``handle`` of the driver, until it says stop or the driver is gone.
     The driver is held only while a message is handled: a reader waiting for
-    the next one keeps nothing alive (see :func:`~.driver._close_unclosed`)."""
+    the next one keeps nothing alive (see :func:`~.unclosed.close_unclosed`)."""
     try:
         while True:
             frames = await sock.recv_multipart()

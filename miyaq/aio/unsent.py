@@ -1,7 +1,7 @@
 """What a ``miyaq.aio.Client`` never closed left unsent, said once: at
 interpreter exit for a client still referenced
 (:func:`miyaq.aio.client._report_at_exit`), or when its driver is collected
-with submits no node acknowledged (``miyaq.aio.driver``'s finalizer: a
+with submits no node acknowledged (``miyaq.aio.unclosed``: a
 client collected after its event loop ended, one garbage cycle with its
 driver and handles, is not there at exit any more)."""
 from __future__ import annotations
