@@ -26,6 +26,8 @@ class Timed(Protocol):
 
 
 class LoopTimer:
+    """One ``call_at`` at a time on ``loop``, running ``owner._on_timer``;
+    made once the loop runs, used from its thread only."""
     def __init__(self, loop: asyncio.AbstractEventLoop, owner: Timed) -> None:
         self._loop = loop
         self._owner = weakref.ref(owner)
