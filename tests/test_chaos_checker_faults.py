@@ -216,6 +216,35 @@ def test_a_finish_held_back_by_a_slow_link_then_its_node_killed_is_a_holder_kill
     assert run("n1", 7.5)["duplicates"]["classes"] == {"unexplained": 1}
 
 
+@pytest.mark.parametrize("kind,length,rerun_after_heal,cls", [
+    ("deaf", 5.14, 3.43, "rerun-deaf"),          # chaos seed 87: unexplained before
+    ("deaf", 5.14, 8.0, "rerun-deaf"),           # within the fault's length plus HEAL_GRACE
+    ("deaf", 5.14, 8.5, "unexplained"),          # past it
+    ("deaf", 0.5, 3.6, "unexplained"),           # a short fault: little more than HEAL_GRACE
+    ("lossy", 5.14, 3.43, "unexplained"),        # one packet in ten: nothing stalls for the fault's length
+])
+def test_a_rerun_while_a_connection_stalled_by_a_one_way_drop_resumes_is_put_down_to_it(kind, length,
+                                                                                          rerun_after_heal, cls):
+    """Fault (chaos seed 87, task 70df215e...): n2 was deaf for 5.14 s;
+    3.35 s after the heal its standby copy, having heard silence from n0
+    (which held the task ready behind a backlog), ran the task, and n0 ran
+    its own copy 75 ms later on the same worker process, not having heard
+    n2's start: n0 heard nothing of n2's stream until 6.1 s after the heal
+    (a TCP connection whose packets were all dropped resends at a timeout
+    doubled at each try, so its next try can be as far off as it stalled).
+    The checker allowed ``HEAL_GRACE`` (3 s) after the heal and called the
+    run "unexplained". Now a fault that drops every packet allows its own
+    length more; a short one, or a ``lossy`` link, still only 3 s."""
+    begin = 40.0
+    heal = begin + length
+    n2_start = heal + rerun_after_heal - 0.08 - 31.0
+    v = check(history(fault(1, kind, "n2", begin, heal),
+                      task("stalled", 31.0, runs=[(n2_start, 1, 31091, True, 2),
+                                                  (n2_start + 0.08, 1, 31091, False, 0)])))
+    assert v.summary()["duplicates"]["classes"] == {cls: 1}
+    assert v.exit_code() == (0 if cls != "unexplained" else 4)
+
+
 # -- 6. forgotten after the wipe was over ----------------------------------------------------
 def test_a_wipe_over_before_the_task_finished_does_not_excuse_forgetting_it():
     """Fault: a finished task forgotten by the cluster, in a run whose only

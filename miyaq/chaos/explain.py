@@ -27,7 +27,10 @@ explains it:
    answer it (``partition``, ``deaf``, ``mute``, ``lossy``, ``delay``, ``slow``,
    ``split``, ``zkcut``, ``zkminority``; and ``pause`` of the node that ran
    it earlier, never of the re-runner), at that moment or within
-   ``HEAL_GRACE`` of the heal: a late answer is silence.
+   :func:`heal_grace` of the heal -- ``HEAL_GRACE``, plus the fault's
+   length for one that dropped every packet between the nodes: a late
+   answer is silence, and a connection stalled through the fault resumes
+   only at its next retransmission.
    docs/cluster.md, "Before a standby copy runs": only silence lets a
    standby copy run, and a node cut off from the others hears silence (or
    is not heard).
@@ -90,10 +93,17 @@ only when they silenced the node that ran the task earlier (a paused node
 runs nothing itself; after it resumes it must catch up before it does)."""
 HEAL_GRACE = 3.0
 """Answers and streams need a moment to flow again after a network fault
-heals: a TCP connection stalled by dropped packets resumes only at its next
-retransmission (the timeout doubles while it is stalled, so after a few
-seconds the next one can come 1-2 s after the heal), and a QUERY answered
-too late for its 1 s timeout is silence."""
+heals: a TCP connection resumes at its next retransmission (the first
+timeout: 0.2 s, more on a loaded machine), a QUERY answered too late for
+its 1 s timeout is silence, and an announcement waits for its stream's
+next flush. A fault that dropped every packet for a while adds its length
+(:func:`heal_grace`)."""
+STALLING_KINDS = ("partition", "deaf", "mute", "split")
+"""Faults that drop every packet between the node and the other nodes for
+their whole length (``lossy`` drops one in ten: a connection's timeout
+falls back at each packet that gets through)."""
+RTO_MAX = 120.0
+"""Linux's largest TCP retransmission timeout (``TCP_RTO_MAX``, seconds)."""
 REPORT_GRACE = 2.0
 """A run that finished this little before its node's fault, or started this
 little after it (the DISPATCH was on its way), counts as in flight: a node
@@ -217,6 +227,24 @@ def fence_clock(span: FaultSpan, spans: list[FaultSpan]) -> float:
     return start
 
 
+def heal_grace(span: FaultSpan) -> float:
+    """How long after ``span`` healed the nodes it cut off may still hear
+    silence from the others, or not be heard: ``HEAL_GRACE``, and for a
+    fault of ``STALLING_KINDS`` as much again as the fault lasted (at most
+    ``RTO_MAX``). A TCP connection whose packets were all dropped resends
+    at times spaced by a timeout that doubles at each try, so the try
+    pending at the heal can be as far off as the connection has been
+    stalled: after a 5 s ``deaf`` fault of n2 (chaos seed 87), n0 and n1
+    heard nothing of n2's stream until 6.1 s after the heal, n3 2.4 s and
+    n4 3.0 s after it, and meanwhile n2's standby copies heard silence from
+    n0 and n1 and took over copies they held ready behind a backlog; n0 ran
+    one of them 3.4 s after the heal, 75 ms after n2 (before 2026-12-07
+    every such run past ``HEAL_GRACE`` was "unexplained")."""
+    if span.kind in STALLING_KINDS and span.heal is not None:
+        return HEAL_GRACE + min(max(0.0, span.heal - span.begin), RTO_MAX)
+    return HEAL_GRACE
+
+
 def in_flight(run: Run, span: FaultSpan, spans: list[FaultSpan]) -> bool:
     if span.kind in BLIND_KINDS:
         knows = span.heal if span.heal is not None else math.inf
@@ -310,7 +338,8 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
     for span in window:
         cut_off = span.target.split("+")
         if span.kind in BLIND_KINDS + FENCED_KINDS and (again.node in cut_off or earlier.node in cut_off) \
-                and (span.heal is None or again.t <= span.heal + HEAL_GRACE) and missed_finish(earlier, span, spans):
+                and (span.heal is None or again.t <= span.heal + heal_grace(span)) \
+                and missed_finish(earlier, span, spans):
             return Explanation(f"rerun-{span.kind}", span.fid, RULES["rerun"])
     for span in window:
         if span.kind in SILENT_KINDS and earlier.node in span.target.split("+") \
