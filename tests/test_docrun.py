@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.docrun.ports import PortMap
+from tests.docrun.ports import DOC_PORT_RANGES, PortMap
 from tests.docrun.session import DocSession
 from tests.docrun.shell import CURL_SHIM, BlockFailed, split_commands, trailing_comment
 
@@ -62,6 +62,27 @@ def test_ports_map_by_range_keeping_offsets():
     assert text == (f"tcp://127.0.0.1:{base} peer {base + 1}, --port {base + 10}, http://localhost:{http}/x "
                     "t=1767225600.0 id=0b7e4b5c 17450 74500 2026")
     assert ports.environment()["MIYAQ_CONNECT"] == f"tcp://127.0.0.1:{base}"
+
+
+def test_a_pages_ports_are_drawn_from_its_workers_own_slice_and_not_handed_out_again(monkeypatch):
+    """Fault: with three pytest workers, README.md's ``miyaq dev-cluster
+    --nodes 3`` found a node's HTTP port taken between its check and its
+    bind (CI, 2026-12-07): a page drew its blocks anywhere in 20000-32000,
+    where the other workers' tests take their ports too. Now each block is
+    in this worker's own slice (miyaq.testing.ports) and remembered, so no
+    other test of the worker is handed a port of it."""
+    from miyaq.testing import ports as testing_ports
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    ports = PortMap()
+    blocks = [(ports.port(first), count) for first, count in DOC_PORT_RANGES]
+    for base, count in blocks:
+        low, high = testing_ports._slice(count)     # gw2's third of the ports below the ephemeral range
+        assert low <= base < high, (base, count, low, high)
+    taken = {port for base, count in blocks for port in range(base, base + count)}
+    assert len(taken) == sum(count for _, count in blocks), "the blocks overlap"
+    handed = {testing_ports.free_port() for _ in range(200)}
+    assert not handed & taken
 
 
 def test_commands_split_and_long_running_ones_recognised():

@@ -12,10 +12,9 @@ node``, ``miyaq status``) uses the mapped one too.
 """
 from __future__ import annotations
 
-import random
 import re
 
-from miyaq.devcluster.ports import port_free
+from miyaq.testing.ports import free_port
 
 DOC_PORT_RANGES: tuple[tuple[int, int], ...] = (
     (7450, 50),    # nodes: service, peer (+1), pub (+2); dev-cluster nodes step by 10, HTTP at +8
@@ -25,29 +24,24 @@ DOC_PORT_RANGES: tuple[tuple[int, int], ...] = (
 """(first port, count) of every range a page may use; see docs/writing-docs.md."""
 
 _PORT_TOKEN = re.compile(r"(?<![\w.])(\d{4})(?![\w])")
-_FIRST_BASE, _LAST_BASE = 20000, 32000   # below Linux's ephemeral range (32768-60999)
 
 
-def _free_block(count: int, taken: set[int], rng: random.Random) -> int:
-    for _ in range(200):
-        base = rng.randrange(_FIRST_BASE, _LAST_BASE - count)
-        block = range(base, base + count)
-        if not taken.intersection(block) and all(port_free(p) for p in block):
-            return base
-    raise RuntimeError(f"no block of {count} free loopback ports found")
+def _free_block(count: int) -> int:
+    """The first of ``count`` consecutive free ports in this pytest worker's
+    own slice of the ports below the ephemeral range, remembered so no other
+    test of the worker is handed them (:func:`miyaq.testing.ports.free_port`).
+    Before 2026-12-07 a page drew its blocks anywhere in 20000-32000, the
+    slices of the other workers included: with three workers a page's dev
+    cluster found its node's HTTP port taken between its check and its bind
+    (CI, README.md's ``miyaq dev-cluster --nodes 3``)."""
+    return free_port(span=count)
 
 
 class PortMap:
     """One page's mapping from the ports it names to free ones."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
-        rng = rng or random.Random()
-        taken: set[int] = set()
-        self.bases: dict[int, int] = {}
-        for first, count in DOC_PORT_RANGES:
-            base = _free_block(count, taken, rng)
-            taken.update(range(base, base + count))
-            self.bases[first] = base
+    def __init__(self) -> None:
+        self.bases: dict[int, int] = {first: _free_block(count) for first, count in DOC_PORT_RANGES}
 
     def port(self, documented: int) -> int:
         """The free port standing in for ``documented`` (unchanged outside the ranges)."""
