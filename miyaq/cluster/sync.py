@@ -45,32 +45,23 @@ only, as many as half the message held: a node restarted empty got back 7
 of 20 outcomes of 1 MiB and took the resends of the others for new tasks.
 
 It holds the ids of the ``RESYNC_PURGED`` newest purge marks too (dead
-letters purged here: :class:`~miyaq.store.purge_marks.PurgeMarks`), sent
-``[id, at]`` in the pages past the tasks (``purged``), as many as fit a
-quarter of the message, at least one on a page that carries no tombstone:
-the cursor past the tasks counts the tombstones and the marks sent or
-skipped. The asker drops its dead copy of a marked id made before that
-purge -- its ``P`` event was lost (a holder cut off or down while another
-purged) -- and remembers the purge (:meth:`Resync.apply_purge_marks`). Before
-2026-12-07 a resync did not repair a lost purge: the holder kept its dead
-copy, listed it and could hand it back. An asker of an older build ignores
-the field (its pages of marks only are empty to it); a source of an older
-build sends none.
+letters purged here), sent in the pages past the tasks and applied by the
+asker: :mod:`miyaq.cluster.sync_purges`.
 """
 from __future__ import annotations
 
-import logging
 from typing import TYPE_CHECKING, Any
 
-from miyaq.cluster.peer_clock import clock_shift, moved
+from miyaq.cluster.peer_clock import clock_shift
 from miyaq.cluster.peer_requests import SYNC
 from miyaq.cluster.sizes import (
     EVENT_ALLOWANCE, PEER_MESSAGE_BYTES, outcome_size, peer_chunks, RECORD_ALLOWANCE, record_size,
 )
+from miyaq.cluster.sync_purges import apply_purge_marks, page_marks
 from miyaq.constants import RESYNC_CHUNK, RESYNC_PURGED, RESYNC_STONES, RESYNC_TIMEOUT
 from miyaq.core.attempts import adopt_lessees
 from miyaq.errors import InvalidField
-from miyaq.protocol.recordspec import check_purge_mark, task_from_record
+from miyaq.protocol.recordspec import task_from_record
 from miyaq.runtime import green, monotonic, wall
 from miyaq.store.records import transfer_record
 from miyaq.store.task import DEAD, RUNNING, revivals
@@ -78,7 +69,6 @@ from miyaq.store.task import DEAD, RUNNING, revivals
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
 
-logger = logging.getLogger(__name__)
 
 SYNC_SNAPSHOT_TTL = 4 * RESYNC_TIMEOUT
 """A resync's snapshot unused this long (seconds) is dropped: its asker gave
@@ -134,7 +124,8 @@ class Resync:
         answer: dict[str, Any] = {"stones": stones}
         marks_end = snapshot.marks_at.get(cursor, len(snapshot.marks))
         if not tasks_left:      # past the tasks: the purge marks, beside the tombstones
-            answer["purged"], marks_end = self._marks(snapshot, cursor, budget // 4, alone=not stones)
+            answer["purged"], marks_end = page_marks(table.purged, snapshot.marks, snapshot.marks_at.get(cursor),
+                                                     budget // 4, alone=not stones)
         following = len(ids)
         first: list[dict[str, Any]] = []
         if tasks_left:
@@ -162,31 +153,6 @@ class Resync:
             snapshot.stones_at[answer["next"]] = stones_end
             snapshot.marks_at[answer["next"]] = marks_end
         return answer
-
-    def _marks(self, snapshot: _Snapshot, cursor: int, room: int, alone: bool) -> tuple[list[list[Any]], int]:
-        """The purge marks of the answer at ``cursor`` (``[id, at]``): from
-        where the page before it stopped, as many as fit ``room`` bytes --
-        at least one when ``alone`` (no tombstone on the page). A mark
-        forgotten since the snapshot (its ttl, its id used again) is
-        skipped. Returns them and the position the next page starts from."""
-        start = snapshot.marks_at.get(cursor)
-        if start is None:       # no snapshot kept: none
-            return [], len(snapshot.marks)
-        purged = self.role.engine.table.purged
-        marks: list[list[Any]] = []
-        size = 0
-        position = start
-        while position < len(snapshot.marks):
-            task_id = snapshot.marks[position]
-            at = purged.get(task_id)
-            if at is not None:
-                weight = len(task_id) + 14      # ids are ASCII (check_id); the pair's headers and the float
-                if size + weight > room and (marks or not alone):
-                    break
-                size += weight
-                marks.append([task_id, at])
-            position += 1
-        return marks, position
 
     def _stones(self, snapshot: _Snapshot, cursor: int, budget: int,
                 alone: bool) -> tuple[list[list[Any]], int, int, int]:
@@ -338,30 +304,9 @@ class Resync:
             role.subscriber.resync_done(src, number, complete=True)
 
     def apply_purge_marks(self, src: str, marks: list[Any], shift: float, now: float) -> None:
-        """``src`` purged these dead letters (``[id, at]``, each checked
-        first; a bad one is refused, counted and skipped): a dead copy here
-        made before that purge is purged too, its purge remembered from
-        ``at`` (on this node's clock). Only a dead copy: a live one of that
-        id, or a dead one made after the purge, is a task submitted again
-        with the same id. Under :meth:`~miyaq.cluster.holder_events.EventPublisher.applying_remote`."""
-        role = self.role
-        dead = role.engine.table.dead
-        purged = 0
-        for mark in marks:
-            try:
-                task_id, at = check_purge_mark(mark)
-            except InvalidField as err:
-                role.refusals.refuse("sync", src, err)
-                continue
-            mine = dead.get(task_id)
-            if mine is None or mine.state != DEAD:
-                continue
-            at = min(moved(at, shift), now)
-            if mine.created <= at:
-                purged += role.engine.dead_purge(None, [task_id], at=at)
-        if purged:
-            logger.info("resync from %s: purged %d dead letter(s) it had purged (their P events did not reach "
-                        "this node)", src, purged)
+        """``src``'s purge marks applied here:
+        :func:`~miyaq.cluster.sync_purges.apply_purge_marks`."""
+        apply_purge_marks(self.role, src, marks, shift, now)
 
 
 class _Snapshot:
