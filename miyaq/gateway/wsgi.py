@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import errno
 import ipaddress
-import json
 import logging
 import os
 import socket
@@ -37,8 +36,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from miyaq.gateway.conn_io import (MAX_HEADER_BYTES, SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout,
+from miyaq.gateway.conn_io import (SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout,
                                    bound_send_queue, fair_rfile, send_within)
+from miyaq.gateway.raw_answers import (HEADER_TIMEOUT, HEADERS_TOO_LARGE, LINE_TOO_LONG, MALFORMED, PLAIN_HTTP,
+                                       too_many_connections)
 from miyaq.gateway.request import CONNECTION
 from miyaq.gateway.request_body import TimedInput, linger
 from miyaq.runtime import green, monotonic
@@ -71,23 +72,7 @@ class ConnectionLimits:
     max_body: int            # bytes of an unread body discarded to keep a connection
 
 
-def _raw_error(status: str, code: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": {"code": code, "message": message}}, separators=(",", ":")).encode()
-    head = (f"HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-            f"{extra}Connection: close\r\n\r\n")
-    return head.encode("latin-1") + body
-
-
-MALFORMED = _raw_error("400 Bad Request", "protocol", "malformed HTTP request line or headers")
-LINE_TOO_LONG = _raw_error("414 URI Too Long", "too_large", "the request line is too long")
-HEADER_TIMEOUT = _raw_error("408 Request Timeout", "request_timeout",
-                            "the request line and headers did not arrive in time")
-PLAIN_HTTP = _raw_error("400 Bad Request", "protocol",
-                        "this port serves HTTPS only (the node's http_cert): use an https:// URL, and give the "
-                        "client the certificate's CA (curl --cacert, miyaq --http-ca) if it is not a public one")
 PLAIN_HTTP_DRAIN = 256 * 1024   # bytes of a plain-HTTP request read away before the close
-HEADERS_TOO_LARGE = _raw_error("431 Request Header Fields Too Large", "too_large",
-                               f"the request's headers are over {MAX_HEADER_BYTES // 1024} KiB")
 
 
 class GatewayHandler(WSGIHandler):
@@ -329,11 +314,7 @@ class GatewayServer(WSGIServer):
         if not self.ssl_enabled:   # a TLS client would need a handshake first: just close
             try:
                 sock.setblocking(False)
-                sock.send(_raw_error("503 Service Unavailable", "busy",
-                                     f"too many connections from {host} (http_max_client_connections "
-                                     f"{self.limits.per_client}): close some, or, if many clients share this "
-                                     "address (a proxy, a NAT), raise --http-max-client-connections (0: no "
-                                     "cap) and let the proxy limit them", "Retry-After: 1\r\n"))
+                sock.send(too_many_connections(host, self.limits.per_client))
             except OSError:
                 pass
         _close(sock)
