@@ -30,7 +30,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import logging
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,10 +37,11 @@ from typing import Any
 
 from miyaq.gateway.conn_io import (SEND_PIECE, HeaderBudget, HeadersTooLarge, SendTimeout,
                                    bound_send_queue, fair_rfile, send_within)
-from miyaq.gateway.raw_answers import (HEADER_TIMEOUT, HEADERS_TOO_LARGE, LINE_TOO_LONG, MALFORMED, PLAIN_HTTP,
+from miyaq.gateway.raw_answers import (HEADER_TIMEOUT, HEADERS_TOO_LARGE, LINE_TOO_LONG, MALFORMED,
                                        too_many_connections)
 from miyaq.gateway.request import CONNECTION
 from miyaq.gateway.request_body import TimedInput, linger
+from miyaq.gateway.tls_accept import handshake
 from miyaq.runtime import green, monotonic
 from miyaq.runtime.green import WSGIHandler, WSGIServer
 
@@ -70,9 +70,6 @@ class ConnectionLimits:
     idle_timeout: float
     per_client: int          # connections from one address at once (0: no cap)
     max_body: int            # bytes of an unread body discarded to keep a connection
-
-
-PLAIN_HTTP_DRAIN = 256 * 1024   # bytes of a plain-HTTP request read away before the close
 
 
 class GatewayHandler(WSGIHandler):
@@ -320,49 +317,14 @@ class GatewayServer(WSGIServer):
         _close(sock)
 
     def _handshake(self, sock: Any, host: str, deadline: float) -> bool:
-        """The TLS handshake, done by ``deadline`` (``monotonic()``); False: failed or late."""
-        timer = green.Timeout(max(0.0, deadline - monotonic()))
-        timer.start()
-        try:
-            sock.do_handshake()
+        """The TLS handshake, done by ``deadline`` (``monotonic()``); False:
+        failed or late (:func:`~miyaq.gateway.tls_accept.handshake`)."""
+        reason = handshake(sock, max(0.0, deadline - monotonic()))
+        if not reason:
             return True
-        except green.Timeout as exc:
-            if exc is not timer:
-                raise
-            reason = "it took too long"
-        except (OSError, ValueError) as exc:   # ssl.SSLError is an OSError
-            reason = str(exc) or type(exc).__name__
-            if getattr(exc, "reason", None) == "HTTP_REQUEST":
-                _tell_to_use_https(sock)
-        finally:
-            timer.close()
         self.refused("tls_handshake")
         logger.debug("TLS handshake with %s failed: %s", host, reason)
         return False
-
-
-def _tell_to_use_https(sock: Any) -> None:
-    """Answer a plain-HTTP request that reached the HTTPS port (OpenSSL's
-    ``HTTP_REQUEST``: the first bytes were a request line, not a TLS
-    record) with :data:`PLAIN_HTTP`, in clear, as Go's net/http does: before
-    2026-12-07 the connection was closed with nothing sent, and ``curl
-    http://`` said "Empty reply from server". Best effort, never waiting: a
-    write the socket does not take at once is given up; what the client
-    already sent is read away (at most :data:`PLAIN_HTTP_DRAIN` bytes) so
-    that closing does not reset the connection before the client reads the
-    answer. Nothing else is sent in clear."""
-    try:
-        fd = sock.fileno()
-        os.write(fd, PLAIN_HTTP)
-        sock.shutdown(socket.SHUT_WR)
-        drained = 0
-        while drained < PLAIN_HTTP_DRAIN:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            drained += len(chunk)
-    except (OSError, ValueError):   # BlockingIOError: nothing more to read now, or a full send buffer
-        pass
 
 
 def client_group(address: str) -> str:
