@@ -25,7 +25,8 @@ starts, kept in start order (one entry looked at a scrape).
 Ring gauges, replication lag, the role's counters
 (``miyaq_cluster_<key>_total``, :data:`CLUSTER_COUNTERS`: STATUS
 ``cluster``) and the copies its handoff holds for a newer ring
-(``miyaq_cluster_held_copies``) come from :class:`ClusterGauges`, which
+(``miyaq_cluster_held_copies``) come from
+:class:`~miyaq.gateway.cluster_metrics.ClusterGauges`, which
 asks the node's role at scrape time (a standalone node: epoch 1, its own leader, no peers, no
 cluster counters). Greenlet crashes come from the node's supervisor
 (``miyaq_greenlet_crashes_total{name}``: names are fixed in the code, so the
@@ -38,7 +39,6 @@ info: :mod:`miyaq.core.task_views`), ``stop`` unhooks them.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -48,12 +48,15 @@ from miyaq import __version__
 from miyaq.core.core import Core
 from miyaq.core.handles import NodeRole, StorageHealth
 from miyaq.core.view_rows import checked
+from miyaq.gateway.cluster_metrics import CLUSTER_COUNTERS, ClusterGauges
 from miyaq.gateway.task_timings import LATENCY_BUCKETS, TaskTimings, drop_series
 from miyaq.gateway.wsgi import REFUSALS
 from miyaq.runtime import Supervisor, green, monotonic, wall
 from miyaq.security.handshakes import REASONS, HandshakeFailures
 from miyaq.security.zap import ZapHandler
 from miyaq.store.task import RUNNING
+
+__all__ = ["CLUSTER_COUNTERS", "HTTP_METHODS", "WEBHOOK_RESULTS", "ClusterGauges", "NodeCollector", "NodeMetrics"]
 
 #: The HTTP methods ``miyaq_http_requests_total`` names; any other is counted as "other",
 #: so made-up methods cannot add series (routes are the router's templates or "unmatched").
@@ -62,61 +65,6 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTI
 #: The results ``miyaq_webhook_deliveries_total`` names (:class:`miyaq.gateway.outbound.Outcome`'s
 #: kinds; any other is counted as "other"), so a closed queue's series can all be removed.
 WEBHOOK_RESULTS = frozenset({"2xx", "4xx", "429", "5xx", "other", "timeout", "connection", "invalid", "forbidden"})
-
-#: The role's counters (STATUS ``cluster``), each exported as ``miyaq_cluster_<key>_total``
-#: by :class:`NodeCollector` (read when scraped; none on a standalone node). docs/http.md says
-#: what each counts.
-CLUSTER_COUNTERS: tuple[tuple[str, str], ...] = (
-    ("takeovers", "Standby copies that asked the other holders, heard nobody run the task and ran it here"),
-    ("deferrals", "Times a standby copy waited an offset instead of running: another holder runs or holds "
-                  "the task, or this node may not run it now"),
-    ("queries_refused", "Standby copies' QUERYs whose send the link to a holder refused (not up yet, or gone); "
-                        "each is sent again until its deadline, and only then counts as that holder's silence"),
-    ("duplicates", "Duplicate runs counted here (miyaq_duplicate_runs_total summed over the queues, kept "
-                   "when a queue is forgotten)"),
-    ("stream_gaps", "Messages found missing from the other nodes' replication streams (each asks a resync)"),
-    ("resyncs", "Resyncs this node asked of other nodes (a gap, a silent stream, a new subscription or "
-                "incarnation, a restart, a freeze)"),
-    ("stream_dropped", "Replication stream messages dropped on purpose (fault injection: "
-                       "MIYAQ_FAULT_STREAM_DROP)"),
-    ("submits_rejected", "Submits this node coordinated and rejected before enough holders stored them "
-                         "(not_enough_replicas; shutting_down at its stop)"),
-    ("handed_off", "Task copies sent to their new holders after ring changes (handoff)"),
-    ("cancels_forwarded", "CANCELs this node asked the task's first holder to answer (it is not the first holder)"),
-    ("cancels_unconfirmed", "CANCELs this node answered from its own copy, unconfirmed: the first holder was silent "
-                            "or refused, or a ring change or a standby copy left its answer in doubt"),
-    ("held_dropped", "Copies every new holder confirmed on a ring newer than this node's view, kept for that "
-                     "ring and dropped past the bounds (60 s without the view reaching it, or max_tasks held)"),
-    ("copies_refused_storage", "Copies other nodes sent here (a submit's or a handoff's) refused at once, nothing "
-                               "stored, because this node's log could not be written (a full or failing disk)"),
-)
-
-
-class ClusterGauges:
-    """Ring facts for ``/metrics`` and ``/status``, read from the role when asked:
-    epoch, leader, members (with each member's HTTP gateway: ``miyaq queue
-    limit`` uses it to reach every node), and replication lag per peer
-    (seconds since the peer's stream was heard, requests to it unanswered)."""
-
-    def __init__(self, role: NodeRole) -> None:
-        self.role = role
-
-    def view(self) -> dict[str, Any]:
-        info = self.role.ring_info()
-        members = info["members"]
-        return {"epoch": info["epoch"], "leader": info["leader"], "members": sorted(members),
-                "is_leader": self.role.is_leader, "http": {m: members[m].get("http") for m in sorted(members)}}
-
-    def replication_lag(self) -> dict[str, tuple[float, int]]:
-        return self.role.replication_lag(wall())
-
-    def stats(self) -> dict[str, Any] | None:
-        """The role's STATUS ``cluster`` section, read once a scrape: the
-        counters of :data:`CLUSTER_COUNTERS` and the session state with the
-        membership store (``zookeeper``: ``connected``, ``suspended``,
-        ``lost``, ``connecting``, ``closed``); None on a standalone node."""
-        return self.role.stats()
-
 
 class NodeCollector(Collector):
     """Reads the node's own counters at scrape time."""
@@ -223,7 +171,7 @@ class NodeCollector(Collector):
         yield from self._running()
         yield from self._handshakes()
         yield from self._storage()
-        yield from self._cluster()
+        yield from self.cluster.metrics()
 
     def _running(self) -> Iterator[Metric]:
         """The age of the oldest task leased to a worker (0 with none):
@@ -277,34 +225,6 @@ class NodeCollector(Collector):
                                 ("miyaq_log_recoveries", "recoveries", "Times the log was rewritten and "
                                  "took writes again")):
             yield CounterMetricFamily(name, text, value=s[key])
-
-    def _cluster(self) -> Iterator[Metric]:
-        c = self.cluster
-        view = c.view()
-        yield GaugeMetricFamily("miyaq_ring_epoch", "Epoch of the ring this node holds", value=view["epoch"])
-        yield GaugeMetricFamily("miyaq_ring_members", "Nodes in the ring", value=len(view["members"]))
-        yield GaugeMetricFamily("miyaq_is_leader", "1 while this node acts as leader",
-                                value=int(view["is_leader"]))
-        lags = sorted(c.replication_lag().items())
-        lag = GaugeMetricFamily("miyaq_replication_lag_seconds", "Replication lag per peer", labels=["peer"])
-        for peer, (seconds, _) in lags:
-            lag.add_metric([peer], seconds)
-        yield lag
-        lag_n = GaugeMetricFamily("miyaq_replication_lag_messages", "Unacknowledged replication messages "
-                                  "per peer", labels=["peer"])
-        for peer, (_, n) in lags:
-            lag_n.add_metric([peer], n)
-        yield lag_n
-        stats = c.stats()
-        if stats is not None:
-            yield GaugeMetricFamily("miyaq_zookeeper_connected", "1 while the node's ZooKeeper session is "
-                                    "connected; 0 while suspended, lost or connecting (STATUS cluster.zookeeper)",
-                                    value=int(stats["zookeeper"] == "connected"))
-            for key, text in CLUSTER_COUNTERS:
-                yield CounterMetricFamily(f"miyaq_cluster_{key}", text, value=int(stats[key]))
-            yield GaugeMetricFamily("miyaq_cluster_held_copies", "Copies every new holder confirmed on a ring newer "
-                                    "than this node's view, kept until its view reaches that ring "
-                                    "(STATUS cluster.held_copies)", value=int(stats["held_copies"]))
 
 
 class NodeMetrics:
