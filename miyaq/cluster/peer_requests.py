@@ -11,11 +11,7 @@ called with ``None``: silence is an answer the replica logic relies on
 connection means (``on_lost``): the link calls :meth:`connection_lost`
 when it sees one. And it may take an answer that comes after its deadline
 (``late``): a REPLICATE's answer lists what the receiver stored, which is
-true whenever it arrives. Such a request is remembered for
-``LATE_ANSWER_WINDOW`` past its deadline, at most ``MAX_LATE_ANSWERS`` of
-them (the oldest forgotten first); before 2026-12-05, an answer past its
-deadline was always dropped, and a new holder slower than the handoff's
-5 s deadline got every copy again every 5 s for ever.
+true whenever it arrives (:mod:`miyaq.cluster.late_answers`).
 
 Frames are the service protocol's: ``[b"MQ1", COMMAND, msgpack map]``; every
 request carries ``from`` (the sender's node id) and ``proto``, the peer
@@ -33,10 +29,11 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections import Counter, OrderedDict
+from collections import Counter
 from typing import Any, Callable
 
 from miyaq.cluster.answer_times import AnswerTimes
+from miyaq.cluster.late_answers import LateAnswers
 from miyaq.cluster.peer_versions import PeerVersions, check_version
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
 from miyaq.constants import LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS
@@ -97,9 +94,7 @@ class PeerRequests:
         self.outstanding: dict[str, int] = {}     # node id -> requests awaiting an answer
         # req -> (its channel, what to do if that channel's connection closes)
         self._on_lost: dict[int, tuple[str, Callable[[], None]]] = {}
-        self._late_handlers: dict[int, Callback] = {}     # req -> what takes its answer past the deadline
-        # Past their deadline, awaiting a late answer: req -> (when forgotten, late handler), oldest first.
-        self._late: OrderedDict[int, tuple[float, Callback]] = OrderedDict()
+        self._late = LateAnswers(LATE_ANSWER_WINDOW, MAX_LATE_ANSWERS)
         # No request expires before this (monotonic; inf: none pending): the
         # answer reader waits until then at most (next_expiry).
         self._next_expiry = math.inf
@@ -205,7 +200,7 @@ class PeerRequests:
         if on_lost is not None:
             self._on_lost[req] = (CONTROL if control else BULK, on_lost)
         if late is not None:
-            self._late_handlers[req] = late
+            self._late.expect(req, late)
         return True
 
     def forget_version(self, node_id: str) -> None:
@@ -229,7 +224,7 @@ class PeerRequests:
         for req in lost:
             _, on_lost = self._on_lost.pop(req)
             del self.pending[req]
-            self._late_handlers.pop(req, None)
+            self._late.settled(req)
             self._settle(req)
             try:
                 on_lost()
@@ -312,13 +307,12 @@ class PeerRequests:
             self.warn(peer, "refused-us", "peer %s refused our request: %s", peer, body.get("message"))
         self._settle(req)
         if entry is not None:
-            if self._late_handlers:
-                self._late_handlers.pop(req, None)  # type: ignore[arg-type]
+            self._late.settled(req)  # type: ignore[arg-type]
             self._call(entry[1], None if "code" in body else body)
-        elif self._late and isinstance(req, int):
-            late = self._late.pop(req, None)
+        else:
+            late = self._late.take(req)
             if late is not None and "code" not in body:
-                self._call(late[1], body)
+                self._call(late, body)
 
     def next_expiry(self) -> float:
         """When :meth:`_expire` has something to do next (``monotonic``; inf:
@@ -340,7 +334,7 @@ class PeerRequests:
         if now < self._next_expiry:
             return
         if self._late:
-            self._forget_late(now)
+            self._late.forget(now)
         self._next_expiry = math.inf       # lowered by a request the callbacks below send
         nearest = math.inf
         for req, (deadline, callback) in list(self.pending.items()):
@@ -349,25 +343,10 @@ class PeerRequests:
             else:
                 del self.pending[req]
                 self._settle(req)
-                late = self._late_handlers.pop(req, None) if self._late_handlers else None
-                if late is not None:
-                    self._late[req] = (now + LATE_ANSWER_WINDOW, late)
-                    while len(self._late) > MAX_LATE_ANSWERS:
-                        self._late.popitem(last=False)
+                self._late.expired(req, now)
                 self._call(callback, None)
-        if self._late:
-            nearest = min(nearest, next(iter(self._late.values()))[0])
+        nearest = min(nearest, self._late.next_end())
         self._next_expiry = min(self._next_expiry, nearest)
-
-    def _forget_late(self, now: float) -> None:
-        """Forget the requests whose late answer did not come within
-        ``LATE_ANSWER_WINDOW`` (they are in the order they expired)."""
-        late = self._late
-        while late:
-            req, (until, _) = next(iter(late.items()))
-            if until > now:
-                return
-            del late[req]
 
     def awaiting_late(self) -> int:
         """Requests past their deadline whose late answer is still taken."""
