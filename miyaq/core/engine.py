@@ -7,13 +7,14 @@ Every method runs in the node's event loop; none blocks.
 
 States and transitions are drawn in docs/protocol.md ("Task states").
 
-The engine is seven modules, one job each: :class:`Engine` here (intake,
+The engine is eight modules, one job each: :class:`Engine` here (intake,
 consuming, control, timers, housekeeping), built on the state and the
 state moves of :mod:`miyaq.core.transitions`, on the operations on
 replicated copies of :mod:`miyaq.core.replicas`, on the read-only views
 of :mod:`miyaq.core.task_views` (INFO, RESULT, LIST, the counts), on
 the revival and purge of dead letters of :mod:`miyaq.core.dead_letters`
-and on what the log's replay installs at start, :mod:`miyaq.core.restore`.
+and on what the log's replay installs at start, :mod:`miyaq.core.restore`;
+whether a submit finds room: :mod:`miyaq.core.room`.
 Who may report on a task, and the backoff between attempts:
 :mod:`miyaq.core.attempts`.
 """
@@ -29,8 +30,9 @@ from miyaq.core.cancels_ahead import CancelsAhead
 from miyaq.core.dead_letters import DeadLetters
 from miyaq.core.replicas import ReplicaCopies, key_winner
 from miyaq.core.restore import Restore
+from miyaq.core.room import check_room
 from miyaq.core.task_views import TaskViews
-from miyaq.errors import Busy, InvalidField, NotFound, ShuttingDown
+from miyaq.errors import InvalidField, NotFound, ShuttingDown
 from miyaq.logs import LogLimiter
 from miyaq.protocol.commands import ACCEPTED, DUPLICATE
 from miyaq.protocol.failurespec import cut_error
@@ -39,15 +41,11 @@ from miyaq.store.tally import Tally
 from miyaq.store.task import (
     CANCELLED, DEAD, DONE, EXPIRED, READY, RETRYING, RUNNING, SCHEDULED, Task, handler_label,
 )
-from miyaq.store.task_bytes import held_bytes
 
 logger = logging.getLogger(__name__)
 # A lost worker's leases run out together, and its late reports come
 # together: a few lines a minute name examples, the rest are counted.
 _log = LogLimiter(logger)
-# A full node refuses every submit, and clients retry each: one line a
-# minute says so, with the count of the refusals it stands for.
-_full = LogLimiter(logger, burst=1)
 
 #: Characters of a dead task's error message on its log line (the whole of it is
 #: in ``miyaq dead list`` and ``miyaq status ID``).
@@ -94,27 +92,7 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
                 return DUPLICATE, holder
         if not (self.accepting or copy):
             raise ShuttingDown("node is shutting down and accepts no new tasks")
-        if len(table.live) >= self.config.max_tasks:
-            _full.warning("full", "refusing new tasks busy: the node holds %d live tasks, its max_tasks "
-                          "(are workers taking them? `miyaq status`)", len(table.live))
-            raise Busy(f"node holds {len(table.live)} live tasks, its max_tasks: it takes new ones as "
-                       "workers finish some")
-        if table.payload_bytes + held_bytes(task) > self.config.max_bytes:
-            _full.warning("full bytes", "refusing new tasks busy: the node holds %d bytes of task payloads "
-                          "(with their webhook headers and URLs, keys and errors), max_bytes %d",
-                          table.payload_bytes, self.config.max_bytes)
-            raise Busy(f"node holds {table.payload_bytes} bytes of task payloads (with their webhook headers and URLs, "
-                       f"keys and errors); max_bytes is {self.config.max_bytes}", reason="bytes")
-        if table.result_bytes >= self.config.max_result_bytes:
-            # Results go with their tombstones: the longer of result_ttl and
-            # dedup_window after their task ended (docs/semantics.md).
-            keep = max(self.config.result_ttl, self.config.dedup_window)
-            _full.warning("full results", "refusing new tasks busy: the node keeps %d bytes of results, "
-                          "max_result_bytes %d (freed %g s after their tasks ended)", table.result_bytes,
-                          self.config.max_result_bytes, keep)
-            raise Busy(f"node keeps {table.result_bytes} bytes of results; max_result_bytes is "
-                       f"{self.config.max_result_bytes} (freed as finished tasks are forgotten, {keep:g} s after "
-                       "they ended: the longer of result_ttl and dedup_window)", reason="results")
+        check_room(table, self.config, task)
         queue = task.queue
         counts = self.counts.get(queue)
         if counts is None:
