@@ -306,7 +306,7 @@ class Resync:
     def apply_purge_marks(self, src: str, marks: list[Any], shift: float, now: float) -> None:
         """``src``'s purge marks applied here:
         :func:`~miyaq.cluster.sync_purges.apply_purge_marks`."""
-        apply_purge_marks(self.role, src, marks, shift, now)
+        apply_purge_marks(self.role.engine, self.role.refusals, src, marks, shift, now)
 
 
 class _Snapshot:

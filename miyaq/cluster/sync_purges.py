@@ -26,7 +26,8 @@ from miyaq.store.purge_marks import PurgeMarks
 from miyaq.store.task import DEAD
 
 if TYPE_CHECKING:
-    from miyaq.cluster.role import ClusterRole
+    from miyaq.core.engine import Engine
+    from miyaq.core.refusals import Refusals
 
 # The asker's line keeps the logger it had when this lived in sync.py:
 # operators and tests filter on it.
@@ -59,28 +60,30 @@ def page_marks(purged: PurgeMarks, marks: list[str], start: int | None, room: in
     return page, position
 
 
-def apply_purge_marks(role: ClusterRole, src: str, marks: list[Any], shift: float, now: float) -> None:
+def apply_purge_marks(engine: Engine, refusals: Refusals, src: str, marks: list[Any], shift: float,
+                      now: float) -> None:
     """``src`` purged these dead letters (``[id, at]``, each checked
     first; a bad one is refused, counted and skipped): a dead copy here
     made before that purge is purged too, its purge remembered from
     ``at`` (on this node's clock: ``shift`` is ``src``'s clock against
     ours, ``now`` the latest it may be). Only a dead copy: a live one of that
     id, or a dead one made after the purge, is a task submitted again
-    with the same id. Under :meth:`~miyaq.cluster.holder_events.EventPublisher.applying_remote`."""
-    dead = role.engine.table.dead
+    with the same id. A bad mark is counted in ``refusals``; a copy is
+    purged by ``engine``. Under :meth:`~miyaq.cluster.holder_events.EventPublisher.applying_remote`."""
+    dead = engine.table.dead
     purged = 0
     for mark in marks:
         try:
             task_id, at = check_purge_mark(mark)
         except InvalidField as err:
-            role.refusals.refuse("sync", src, err)
+            refusals.refuse("sync", src, err)
             continue
         mine = dead.get(task_id)
         if mine is None or mine.state != DEAD:
             continue
         at = min(moved(at, shift), now)
         if mine.created <= at:
-            purged += role.engine.dead_purge(None, [task_id], at=at)
+            purged += engine.dead_purge(None, [task_id], at=at)
     if purged:
         logger.info("resync from %s: purged %d dead letter(s) it had purged (their P events did not reach "
                     "this node)", src, purged)
