@@ -12,7 +12,8 @@ def fake_cluster(first_port: int, base_port: int = 7450) -> SimpleNamespace:
     """A started dev cluster as the banner reads it: three nodes from ``first_port``."""
     nodes = [DevNode(f"n{i}", first_port + 10 * i, SimpleNamespace(pid=100 + i, log_path=f"/tmp/n{i}.log"))
              for i in range(3)]
-    return SimpleNamespace(nodes=nodes, base_port=base_port, endpoints=[n.service for n in nodes],
+    return SimpleNamespace(nodes=nodes, base_port=base_port, first_block=first_port, notes=[],
+                           endpoints=[n.service for n in nodes],
                            zk_hosts="127.0.0.1:2181", zookeeper=None, workers=None, key=None, cluster="dev",
                            state_path="/home/ann/.miyaq-dev.json", log_dir="/tmp/logs", key_dir=None)
 

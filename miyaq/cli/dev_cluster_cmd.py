@@ -107,6 +107,7 @@ def banner(cluster: DevCluster) -> list[str]:
         lines.append(f"in this directory `miyaq status`, `miyaq ring`, and miyaq.App() / miyaq.Client() without "
                      f"endpoints (so `miyaq worker yourmodule:app` for such an App) use this cluster "
                      f"({cluster.state_path})")
+    lines += cluster.notes      # a node started again on another block
     lines += _moved_from(cluster)
     lines += [
         "Ctrl-C stops everything.",
@@ -122,8 +123,8 @@ def _moved_from(cluster: DevCluster) -> list[str]:
     and code that names that port -- an ``App("tcp://127.0.0.1:7450")`` --
     reaches it, not this cluster."""
     from ..devcluster.ports import HOST
-    if not cluster.nodes or cluster.nodes[0].port == cluster.base_port:
-        return []
+    if not cluster.nodes or cluster.first_block == cluster.base_port:
+        return []      # (a first node started again elsewhere has a note of its own)
     busy = f"tcp://{HOST}:{cluster.base_port}"
     return [f"note: {busy} was in use (a node already running? `miyaq status --connect {busy}`), so the nodes "
             f"took other ports: code that names {busy} (an App or Client given it) reaches that, not this "

@@ -4,6 +4,8 @@
   ZooKeeper, the nodes and the workers, and stops them in order;
 - :mod:`~miyaq.devcluster.ports`: the blocks of ports its nodes listen on;
 - :mod:`~miyaq.devcluster.node`: one node process and its endpoints;
+- :mod:`~miyaq.devcluster.busy`: whether a node exited at start because
+  another process took one of its ports (it is then started again);
 - :mod:`~miyaq.devcluster.ready`: the waits until the ring is whole.
 
 What it started is recorded in ``.miyaq-dev.json`` by :mod:`miyaq.devstate`,

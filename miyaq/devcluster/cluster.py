@@ -9,7 +9,12 @@ order), with its output in ``<log_dir>/<name>.log``.
 Constraints:
 
 * Node ``nI`` listens on the ``I``-th free block of ports at or after
-  ``base_port`` (:mod:`miyaq.devcluster.ports`).
+  ``base_port`` (:mod:`miyaq.devcluster.ports`). A node that exits during
+  start because another process took one of its ports after the check
+  (:mod:`miyaq.devcluster.busy`; no other failure) is started again, under
+  the same id, on the next free block above, at most ``MAX_STARTS`` times
+  in all; :attr:`DevCluster.notes` says so, and :attr:`nodes`, the
+  endpoints and the state file name the ports it runs on.
 * Each node gets ``zk_connect_timeout`` as its ``--zk-connect-timeout``,
   and the wait for the ring connects to ZooKeeper within it too (a
   ZooKeeper given with ``zk`` that is not there fails the start in that
@@ -48,9 +53,10 @@ from pathlib import Path
 from typing import Self
 
 from miyaq.cluster.zk_auth import ZkAuth
+from miyaq.devcluster.busy import taken_port
 from miyaq.config import check_zk_connect_timeout
 from miyaq.devcluster.node import DevNode
-from miyaq.devcluster.ports import HOST, HTTP_OFFSET, port_blocks
+from miyaq.devcluster.ports import HOST, HTTP_OFFSET, PORT_STEP, port_blocks
 from miyaq.devcluster.ready import ReadyWaits
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError
@@ -60,6 +66,9 @@ from miyaq.testing.zk_ensemble import ZooKeeperEnsemble
 from miyaq.testing.zookeeper import ZooKeeperServer
 
 logger = logging.getLogger(__name__)
+
+MAX_STARTS = 3
+"""Starts of one node, in all, while other processes take one of its ports."""
 
 
 class DevCluster(ReadyWaits):
@@ -117,6 +126,8 @@ class DevCluster(ReadyWaits):
         self.server_key: str | None = None   # ... and the nodes' public key
         self.zookeeper: ZooKeeperServer | ZooKeeperEnsemble | None = None
         self.nodes: list[DevNode] = []
+        self.first_block: int | None = None   # the first node's block as picked, before any start again
+        self.notes: list[str] = []            # "note: ..." lines for the banner (a node started again)
         self.workers: Proc | None = None
         self.state_path: str | None = None
         self._stop = threading.Event()
@@ -156,7 +167,9 @@ class DevCluster(ReadyWaits):
             self.zookeeper.start(cancelled=self._stop.is_set)
         if self._stop.is_set():
             return False
-        for index, port in enumerate(port_blocks(self.base_port, self.size), 1):
+        blocks = port_blocks(self.base_port, self.size)
+        self.first_block = blocks[0]
+        for index, port in enumerate(blocks, 1):
             self.nodes.append(self._start_node(f"n{index}", port))
         if not self._wait_ready():
             return False
@@ -198,7 +211,28 @@ class DevCluster(ReadyWaits):
             return self.zookeeper.pids
         return self.zookeeper.pid if self.zookeeper is not None else None
 
-    def _start_node(self, node_id: str, port: int) -> DevNode:
+    def start_again(self, node: DevNode) -> bool:
+        """Start ``node`` again on the next free block above its own, if it
+        exited because another process took one of its ports and has not had
+        ``MAX_STARTS`` starts; False (nothing done) otherwise."""
+        taken = taken_port(node)
+        if taken is None or node.starts >= MAX_STARTS:
+            return False
+        others = {p for n in self.nodes if n is not node for p in range(n.port, n.port + PORT_STEP)}
+        try:
+            [port] = port_blocks(node.port + PORT_STEP, 1, taken=others)
+        except ConfigError:          # no free block left above it: the node's own error stands
+            return False
+        again = self._start_node(node.node_id, port, starts=node.starts + 1)
+        self.nodes[self.nodes.index(node)] = again
+        self.notes.append(f"note: node {node.node_id} could not bind port {taken.port} ({taken.what}): another "
+                          f"process took it after it was checked free; started it again on the next free block, "
+                          f"{again.service} (HTTP {again.http_port})")
+        logger.info("dev cluster: %s exited, port %d (%s) taken; started it again on port %d",
+                    node.node_id, taken.port, taken.what, port)
+        return True
+
+    def _start_node(self, node_id: str, port: int, starts: int = 1) -> DevNode:
         args = ["node", "--zk", self.zk_hosts, "--cluster", self.cluster, "--node-id", node_id,
                 "--host", HOST, "--port", str(port), "--http-port", str(port + HTTP_OFFSET),
                 "--replicas", str(self.replicas), "--zk-connect-timeout", repr(self.zk_connect_timeout)]
@@ -210,9 +244,11 @@ class DevCluster(ReadyWaits):
             args += ["--keys", self.key_dir]
         # Credentials go by environment, not by flag: any user can read a command line.
         env = {"MIYAQ_ZK_AUTH": f"{self.zk_auth.user}:{self.zk_auth.password}"} if self.zk_auth else None
-        proc = Proc(args, name=node_id, env=env, log_dir=self.log_dir).start()
+        proc = Proc(args, name=node_id, env=env, log_dir=self.log_dir)
+        log_start = os.path.getsize(proc.log_path) if os.path.exists(proc.log_path) else 0
+        proc.start()
         logger.info("dev cluster: started %s on port %d (pid %d)", node_id, port, proc.pid)
-        return DevNode(node_id, port, proc)
+        return DevNode(node_id, port, proc, starts=starts, log_start=log_start)
 
     # -- running ----------------------------------------------------------------
 

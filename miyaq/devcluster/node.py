@@ -20,6 +20,16 @@ class DevNode:
     node_id: str
     port: int
     proc: Proc
+    starts: int = 1
+    """How many times this node was started (again on another block when
+    another process took one of its ports: :mod:`miyaq.devcluster.busy`)."""
+    log_start: int = 0
+    """Where this run's output starts in its log (a node started again appends to it)."""
+
+    @property
+    def ports(self) -> tuple[int, int, int, int]:
+        """Service, peer, pub and HTTP ports."""
+        return (self.port, self.port + 1, self.port + 2, self.http_port)
 
     @property
     def http_port(self) -> int:

@@ -5,7 +5,9 @@ service endpoint, then until every node has the workers registered.
 
 Each wait polls (every 0.2 s) within ``ready_timeout`` and raises
 ``Timeout`` saying how far it got, raises ``MiyaqError`` with the end of
-its log when a node or the workers exit meanwhile, and returns ``False``
+its log when a node or the workers exit meanwhile (a node that lost one of
+its ports to another process is first started again on another block:
+``start_again``), and returns ``False``
 as soon as the cluster is asked to stop. The ring is read from ZooKeeper
 (:class:`~miyaq.cluster.ring_admin.RingAdmin`, within
 ``zk_connect_timeout``); a ZooKeeper that cannot be reached is
@@ -34,8 +36,9 @@ __all__ = ["ReadyWaits"]
 class ReadyWaits:
     """The waits of a :class:`~miyaq.devcluster.cluster.DevCluster`'s start (its
     base). The cluster sets the attributes below and gives its nodes,
-    ``zk_hosts`` (where its ZooKeeper is) and ``dead_nodes`` (its node
-    processes that exited)."""
+    ``zk_hosts`` (where its ZooKeeper is), ``dead_nodes`` (its node
+    processes that exited) and ``start_again`` (a node that exited because
+    another process took one of its ports, on another block)."""
 
     nodes: list[DevNode]
     cluster: str
@@ -49,6 +52,7 @@ class ReadyWaits:
     server_key: str | None
     _stop: threading.Event
     dead_nodes: Callable[[], list[DevNode]]
+    start_again: Callable[[DevNode], bool]
 
     if TYPE_CHECKING:       # the cluster's property: its ZooKeeper's, or the one given
         @property
@@ -73,11 +77,12 @@ class ReadyWaits:
         while True:
             if self._stop.is_set():
                 return False
-            dead = self.dead_nodes()
+            dead = [n for n in self.dead_nodes() if not self.start_again(n)]
             if dead:
                 node = dead[0]
+                tries = f" (started {node.starts} times, each on another block)" if node.starts > 1 else ""
                 raise MiyaqError(f"node {node.node_id} exited with code {node.exit_code} "
-                                 f"during start; its log ({node.proc.log_path}) ends:\n"
+                                 f"during start{tries}; its log ({node.proc.log_path}) ends:\n"
                                  f"{node.proc.log_tail(30)}")
             status = admin.status()
             in_ring = {k for k, m in status["members"].items() if m["in_ring"]}
