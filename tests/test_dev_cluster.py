@@ -14,17 +14,27 @@ import os
 import queue
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from process_tree import descendants_of
 
+from miyaq.cli.dev_cluster_cmd import banner
+from miyaq.cluster.ring_admin import RingAdmin
+from miyaq.devcluster import ports
+from miyaq.devcluster.busy import TakenPort, taken_port
+from miyaq.devcluster.cluster import MAX_STARTS, DevCluster
+from miyaq.devcluster.node import DevNode
 from miyaq.devstate import STATE_FILE
+from miyaq.errors import MiyaqError
+from miyaq.testing import ports as test_ports
 from miyaq.testing.harness import free_port, refusing_port
 
 READY_TIMEOUT = 120.0
@@ -362,3 +372,142 @@ def test_a_node_that_dies_while_the_cluster_runs_makes_the_exit_status_1(dev_clu
     output = cluster.output()
     assert code == 1, output
     assert "exit status 1: n1 exited while the cluster ran" in output
+
+
+class PortThief:
+    """Another process on a busy machine: it takes a port right after
+    ``port_blocks`` has found it free, before the node that is handed it
+    binds it. ``steals(port)`` says which checked ports it takes."""
+
+    def __init__(self, steals: Callable[[int], bool]) -> None:
+        self.steals = steals
+        self.held: dict[int, socket.socket] = {}
+        self._check = ports.port_free
+
+    def port_free(self, port: int, host: str = ports.HOST) -> bool:
+        free = self._check(port, host)
+        if free and port not in self.held and self.steals(port):
+            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((host, port))
+            listener.listen(8)
+            self.held[port] = listener
+        return free
+
+    def close(self) -> None:
+        for listener in self.held.values():
+            listener.close()
+
+
+@pytest.fixture
+def thief(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[Callable[[int], bool]], PortThief]]:
+    made: list[PortThief] = []
+
+    def make(steals: Callable[[int], bool]) -> PortThief:
+        made.append(PortThief(steals))
+        monkeypatch.setattr(ports, "port_free", made[-1].port_free)
+        return made[-1]
+
+    yield make
+    for one in made:
+        one.close()
+
+
+def test_a_node_whose_port_is_taken_between_the_check_and_its_bind_starts_again_on_the_next_block(tmp_path, thief):
+    """Fault: another process takes node n2's HTTP port after ``port_blocks``
+    checked it free and before n2 binds it (a CI run with three pytest
+    workers: ``node n3 exited with code 2 during start; ... port 20986 is in
+    use (HTTP gateway on 127.0.0.1)``). The start failed; now n2 is started
+    again on the next free block (n3 has the one after its own), a note says
+    so, and the ring, the state file and the banner name the ports it runs on."""
+    base = test_ports.free_port(span=60)
+    stolen = base + 10 + ports.HTTP_OFFSET
+    taker = thief(lambda port: port == stolen)
+    cluster = DevCluster(3, base_port=base, cluster="stolen", log_dir=str(tmp_path / "logs"),
+                         state_dir=str(tmp_path), ready_timeout=45.0, stop_timeout=20.0)
+    try:
+        assert cluster.start()
+        assert list(taker.held) == [stolen]
+        assert [(n.node_id, n.port, n.starts) for n in cluster.nodes] == \
+            [("n1", base, 1), ("n2", base + 30, 2), ("n3", base + 20, 1)]
+        assert cluster.notes == [
+            f"note: node n2 could not bind port {stolen} (HTTP gateway): another process took it after it was "
+            f"checked free; started it again on the next free block, tcp://127.0.0.1:{base + 30} "
+            f"(HTTP {base + 38})"]
+        admin = RingAdmin(cluster.zk_hosts, "stolen", connect_timeout=10.0, timeout=10.0)
+        try:
+            members = admin.status()["members"]
+        finally:
+            admin.close()
+        assert {k: (m["service"], m["in_ring"]) for k, m in members.items()} == {
+            "n1": (f"tcp://127.0.0.1:{base}", True), "n2": (f"tcp://127.0.0.1:{base + 30}", True),
+            "n3": (f"tcp://127.0.0.1:{base + 20}", True)}
+        state = json.loads((tmp_path / STATE_FILE).read_text())
+        assert state["connect"] == [f"tcp://127.0.0.1:{p}" for p in (base, base + 30, base + 20)]
+        assert state["http"] == [f"http://127.0.0.1:{p}" for p in (base + 8, base + 38, base + 28)]
+        assert [n["pid"] for n in state["nodes"]] == [n.proc.pid for n in cluster.nodes]
+        lines = banner(cluster)
+        assert cluster.notes[0] in lines
+        assert not any("was in use (a node already running?" in line for line in lines), lines
+        assert lines[-1].startswith(f"ready zk={cluster.zk_hosts} cluster=stolen connect=tcp://127.0.0.1:{base},"
+                                    f"tcp://127.0.0.1:{base + 30},tcp://127.0.0.1:{base + 20} ")
+        first_run = (tmp_path / "logs" / "n2.log").read_text()
+        assert f"miyaq: error: port {stolen} is in use (HTTP gateway on 127.0.0.1)" in first_run
+    finally:
+        cluster.stop()
+    assert all(not n.proc.alive() for n in cluster.nodes)
+
+
+def test_a_node_whose_port_is_taken_at_every_start_fails_the_start_after_three(tmp_path, thief):
+    """Fault: another process takes the node's HTTP port after each check,
+    at every block it is given. The node is started ``MAX_STARTS`` (3) times,
+    each on the next block, then the start fails as it did at once before:
+    the node exited, with the end of its log, which names the port."""
+    base = test_ports.free_port(span=60)
+    taker = thief(lambda port: port % ports.PORT_STEP == (base + ports.HTTP_OFFSET) % ports.PORT_STEP)
+    cluster = DevCluster(1, base_port=base, cluster="thief", log_dir=str(tmp_path / "logs"),
+                         ready_timeout=45.0, stop_timeout=20.0)
+    try:
+        with pytest.raises(MiyaqError) as failed:
+            cluster.start()
+    finally:
+        cluster.stop()
+    last = base + 10 * (MAX_STARTS - 1)
+    assert sorted(taker.held) == [base + 8 + 10 * i for i in range(MAX_STARTS)]
+    assert [(n.port, n.starts) for n in cluster.nodes] == [(last, MAX_STARTS)]
+    assert failed.value.message.startswith(
+        f"node n1 exited with code 2 during start (started {MAX_STARTS} times, each on another block); its log")
+    assert f"miyaq: error: port {last + 8} is in use (HTTP gateway on 127.0.0.1)" in failed.value.message
+    assert len(cluster.notes) == MAX_STARTS - 1
+
+
+def _exited(tmp_path: Path, code: int | None, *runs: str) -> DevNode:
+    """A node on port 7450 whose process exited with ``code``, its log holding
+    ``runs`` (the last one its last run's)."""
+    log = tmp_path / "n1.log"
+    log.write_text("".join(runs[:-1]))
+    start = log.stat().st_size
+    log.write_text("".join(runs))
+    return DevNode("n1", 7450, SimpleNamespace(exit_code=code, log_path=str(log)), log_start=start)  # type: ignore[arg-type]
+
+
+IN_USE = ("miyaq: error: port {} is in use (HTTP gateway on 127.0.0.1): another process listens there; pass "
+          "--http-port N, or --http-port 0 to disable it\n")
+
+
+def test_only_a_port_of_its_own_in_use_counts_as_a_taken_port(tmp_path):
+    """Bad input to the retry: of the ways a node exits during start, only
+    its own message for one of its ports in use (exit 2, last line) is
+    retried on another block; a data dir it cannot use, ZooKeeper out of
+    reach, a traceback that mentions the words, another port, an earlier
+    run's line are the node's own errors and fail the start as before."""
+    assert taken_port(_exited(tmp_path, 2, "starting\n", IN_USE.format(7458))) == TakenPort(7458, "HTTP gateway")
+    service = "miyaq: error: port 7450 is in use (service port on 127.0.0.1): another process listens there; x\n"
+    assert taken_port(_exited(tmp_path, 2, service)) == TakenPort(7450, "service port")
+    assert taken_port(_exited(tmp_path, 2, IN_USE.format(8088))) is None            # not one of its ports
+    assert taken_port(_exited(tmp_path, 1, IN_USE.format(7458))) is None            # not a ConfigError exit
+    assert taken_port(_exited(tmp_path, None, IN_USE.format(7458))) is None         # still running
+    assert taken_port(_exited(tmp_path, 2, "miyaq: error: cannot use data dir /x: Permission denied\n")) is None
+    assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458), "miyaq: error: cannot reach ZooKeeper\n")) is None
+    assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458) + "Traceback (most recent call last):\n")) is None
+    assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458), "")) is None       # an earlier run's line
