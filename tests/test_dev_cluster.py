@@ -511,3 +511,13 @@ def test_only_a_port_of_its_own_in_use_counts_as_a_taken_port(tmp_path):
     assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458), "miyaq: error: cannot reach ZooKeeper\n")) is None
     assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458) + "Traceback (most recent call last):\n")) is None
     assert taken_port(_exited(tmp_path, 2, IN_USE.format(7458), "")) is None       # an earlier run's line
+
+
+def test_the_block_of_a_node_started_again_is_above_its_own_and_clear_of_the_others():
+    """Bad input to the retry: the next block must share no port with the
+    other nodes' blocks (n1's next block above base is n2's, then n3's), and
+    there is none past 65535 (then the node's own error stands)."""
+    base = test_ports.free_port(span=60)
+    assert ports.next_block(base, [base + 10, base + 20]) == base + 30
+    assert ports.next_block(base + 10, [base, base + 30]) == base + 20
+    assert ports.next_block(65520, []) is None

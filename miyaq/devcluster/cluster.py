@@ -56,7 +56,7 @@ from miyaq.cluster.zk_auth import ZkAuth
 from miyaq.devcluster.busy import taken_port
 from miyaq.config import check_zk_connect_timeout
 from miyaq.devcluster.node import DevNode
-from miyaq.devcluster.ports import HOST, HTTP_OFFSET, PORT_STEP, port_blocks
+from miyaq.devcluster.ports import HOST, HTTP_OFFSET, next_block, port_blocks
 from miyaq.devcluster.ready import ReadyWaits
 from miyaq.devstate import remove_state, write_state
 from miyaq.errors import ConfigError, MiyaqError
@@ -218,10 +218,8 @@ class DevCluster(ReadyWaits):
         taken = taken_port(node)
         if taken is None or node.starts >= MAX_STARTS:
             return False
-        others = {p for n in self.nodes if n is not node for p in range(n.port, n.port + PORT_STEP)}
-        try:
-            [port] = port_blocks(node.port + PORT_STEP, 1, taken=others)
-        except ConfigError:          # no free block left above it: the node's own error stands
+        port = next_block(node.port, [n.port for n in self.nodes if n is not node])
+        if port is None:        # no free block left above its own: the node's error stands
             return False
         again = self._start_node(node.node_id, port, starts=node.starts + 1)
         self.nodes[self.nodes.index(node)] = again

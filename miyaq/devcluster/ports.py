@@ -11,6 +11,9 @@ Constraints:
   random as the ports of tests and tools are (:mod:`miyaq.testing.ports`).
 * ``ConfigError`` for a base port out of range or too few free blocks
   below 65536.
+* :func:`next_block`: the block for a node started again (another process
+  took one of its ports after the check), above its own and clear of the
+  other nodes' blocks.
 """
 from __future__ import annotations
 
@@ -53,3 +56,13 @@ def port_blocks(base_port: int, count: int, taken: set[int] | None = None) -> li
             found.append(port)
         port += PORT_STEP
     return found
+
+
+def next_block(after: int, others: list[int]) -> int | None:
+    """The first free block above the one at ``after``, sharing no port with the
+    blocks at ``others``; None when there is none below 65536."""
+    taken = {p for port in others for p in range(port, port + PORT_STEP)}
+    try:
+        return port_blocks(after + PORT_STEP, 1, taken)[0]
+    except ConfigError:
+        return None
