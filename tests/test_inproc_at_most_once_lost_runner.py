@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.runtime import wall
 from miyaq.store.task import DONE
 from tests.test_inproc_standby import _ask_result
 
@@ -147,4 +148,39 @@ def test_a_placeholder_finished_by_the_lessees_done_is_done_after_a_restart(inpr
     cluster.start_node("n2")
     stone = _stone(cluster, "n2", task_id)
     assert (stone.state, stone.result) == (DONE, b"\x2a")
+    assert not cluster.crashes()
+
+
+def test_a_placeholder_takes_the_done_of_the_worker_the_task_went_to_after_a_give_back(inproc):
+    """Fault: n1's first worker gives an at-most-once task back unstarted
+    (a RETURN, a refused or cancelled /receive) after n2 and n3 made their
+    placeholders of its ``S`` event; n1's next worker takes it (a new ``S``
+    event, the same attempt number), then n1 dies and that worker reports
+    DONE to n2. The placeholder kept the first lessee: the new ``S`` event
+    found only a tombstone and was dropped, so the DONE was refused
+    (``not_leased``) and the result lost, as before the placeholder took
+    reports. A placeholder now takes a later ``S`` event's lessee."""
+    cluster = inproc(3, replicas=3)
+    task_id = cluster.task_led_by("n1")
+    first = cluster.worker("n1")
+    cluster.submit_accepted("n1", task_id, body=b"x", at_most_once=True, timeout=LEASE)
+    cluster.wait_until(lambda: first.runs(task_id), what="n1's first worker to get the task")
+    cluster.wait_until(lambda: all(task_id in cluster[n].engine.placeholder_leases for n in ("n2", "n3")),
+                       what="the placeholders' leases on n2 and n3 (S event)")
+    first.stop()
+    n1 = cluster["n1"]
+    assert n1.node.core.engine.give_back(task_id, 1, first.principal, wall())
+    n1.wake()
+    second = cluster.worker("n1")
+    cluster.wait_until(lambda: second.runs(task_id), what="n1's second worker to get the task")
+    cluster.wait_until(lambda: all(cluster[n].engine.placeholder_leases[task_id].lessee == second.principal
+                                   for n in ("n2", "n3")),
+                       what="the placeholders on n2 and n3 to hear the second lease (S event)")
+    cluster.stop_node("n1")
+    assert second.complete_at(cluster["n2"].node, task_id, 1, result=b"\x2a")
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == DONE for n in ("n2", "n3")),
+                       what="the DONE to finish the task on n2 and n3")
+    for node in ("n2", "n3"):
+        assert _stone(cluster, node, task_id).result == b"\x2a"
+    assert first.delivered == [(task_id, 1)] and second.delivered == [(task_id, 1)]
     assert not cluster.crashes()

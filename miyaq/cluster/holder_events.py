@@ -243,7 +243,10 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
-                if ((op == "S" and len(ev) >= 4) or op == "D") and task_id not in table.tombstones:
+                if op == "S" and len(ev) > 4 and ev[4] and task_id in table.tombstones:
+                    # An at-most-once placeholder's runner leased the attempt again (given back unstarted)
+                    engine.lease_placeholder_again(task_id, ev[2], ev[5] if len(ev) > 5 else None)
+                elif ((op == "S" and len(ev) >= 4) or op == "D") and task_id not in table.tombstones:
                     # Its copy is on its way (REPLICATE, handoff). With a tombstone
                     # here none will be installed: nothing would take the event.
                     role.events.hold_early(src, ev)

@@ -77,6 +77,23 @@ class Placeholders(Transitions):
             while len(leases) > MAX_PLACEHOLDER_LEASES:
                 leases.popitem(last=False)
 
+    def lease_placeholder_again(self, task_id: str, attempt: int, lessee: str | None) -> None:
+        """Another ``S`` event for an at-most-once task this node holds a
+        placeholder of: its runner's worker gave the attempt back unstarted
+        (``Engine.release``) and the runner leased it again, perhaps to
+        another worker, under the same attempt number. The placeholder's
+        lease takes the new lessee (None: its node did not say, and the
+        lease is dropped), so it takes that worker's DONE if the runner then
+        dies; before, it kept the first lessee and refused it. An event of
+        an earlier attempt than the lease's changes nothing."""
+        leases = self.placeholder_leases
+        lease = leases.get(task_id)
+        if lease is None or attempt < lease.attempt:
+            return
+        del leases[task_id]
+        if lessee is not None:      # the newest lease last: the oldest are dropped first
+            leases[task_id] = lease._replace(attempt=attempt, lessee=lessee)
+
     def drop_placeholder_lease(self, task_id: str) -> None:
         """The placeholder of ``task_id`` was replaced (the runner's finish)."""
         leases = self.placeholder_leases
