@@ -80,3 +80,40 @@ def test_a_started_event_that_fails_its_check_changes_nothing(inproc):
                                      ["S", tid, 1, wall() + 60.0, False, 7]])         # lessee not a name
     copy = node.task(tid)
     assert (copy.attempt, copy.lessees, node.due_at(tid)) == (0, None, before)
+
+
+def test_a_give_back_heard_before_the_copy_came_undoes_the_started_event_held_for_it(inproc):
+    """Fault (review41): the runner's ``S`` event overtakes the copy's
+    REPLICATE and is held for it (``hold_early``); the worker then gives
+    the attempt back unstarted, and its ``R`` event (eta 0, the attempt one
+    less: review40) finds no copy either. It was dropped, and the copy,
+    when it came, took the held ``S``: attempt 1 and a wait past a lease
+    that never ran -- for a task of ``max_retries`` 0 a take-over after the
+    runner was lost then dead-letters, ``Lost``, an attempt that never ran.
+    The give-back now drops the held ``S`` event of the attempt it gives
+    back (a later attempt's, or a put-back's of the same, it keeps)."""
+    cluster = inproc(3)
+    node = cluster["n2"]
+    while True:
+        tid = cluster.task_id()
+        holders = cluster.holders(tid)
+        if holders.index("n2") == 1:
+            break
+    runner = holders[0]
+    events = node.role.events
+    apply_events(node.role, runner, [["S", tid, 1, wall() + 120.0, False, "w1"]])
+    assert tid in events.early
+    apply_events(node.role, runner, [["R", tid, 1, wall() + 5.0, None]])     # a put-back: the attempt ran
+    assert tid in events.early
+    apply_events(node.role, runner, [["R", tid, 0, 0.0, None]])              # given back unstarted
+    assert tid not in events.early and events.early_bytes == 0
+    task = task_from_wire({"id": tid, "name": "noop", "body": b"x", "max_retries": 0}, wall(), node.config)
+    task.holders = tuple(holders)
+    record = task_record(task)
+    record.pop("rank", None)
+    node.role.copies.on_replicate(runner, {"tasks": [record], "clock": wall()})
+    cluster.settle(0.05)
+    copy = node.task(tid)
+    assert (copy.state, copy.attempt, copy.lessees) == ("scheduled", 0, None)
+    assert node.due_at(tid) < wall() + 60.0
+    assert not cluster.crashes()
