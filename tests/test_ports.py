@@ -45,3 +45,25 @@ def test_a_port_held_by_another_socket_is_not_picked(monkeypatch):
         held.bind(("127.0.0.1", base))
         held.listen()
         assert ports.free_port() == base + 1
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_workers_blocks_of_any_span_never_reach_into_another_workers_slice(monkeypatch, count):
+    """Fault (review41): a slice's bounds were computed for the span asked
+    (the ephemeral range's start less the span, split by the worker count)
+    and bounded the block's first port only: with three workers gw0's
+    block of 100 (a docs page's ``9000`` range, tests/docrun/ports.py) could
+    start 99 ports before the end of its slice and so end up to 98 ports
+    into gw1's, 65 into where gw1 hands out its single ports -- the race between a check and a
+    bind the slices are there to prevent. Every port of every block a worker
+    may hand out, whatever its span, is now within that worker's share."""
+    ends = {}
+    for index in range(count):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", f"gw{index}")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(count))
+        spans = {span: ports._slice(span) for span in (1, 3, 20, 50, 100)}
+        first = min(low for low, _ in spans.values())
+        last = max(high - 1 + span - 1 for span, (_, high) in spans.items())    # the last port of the last block
+        ends[index] = (first, last)
+    for index in range(count - 1):
+        assert ends[index][1] < ends[index + 1][0], ends

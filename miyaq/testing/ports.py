@@ -80,16 +80,19 @@ def _claim(port: int, span: int, host: str) -> bool:
 
 
 def _slice(span: int) -> tuple[int, int]:
-    """[low, high): this worker's slice of the ports below the ephemeral range."""
-    ceiling = _ephemeral_start() - span
+    """[low, high): where a block of ``span`` ports may start in this
+    worker's share of the ports below the ephemeral range, so that all of it
+    is in that share. The shares do not depend on ``span`` (before
+    2026-12-07 they did, and bounded a block's first port only: a block of
+    100 could end inside the next worker's share, review41)."""
     try:
         index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
         count = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     except ValueError:
         index, count = 0, 1
-    width = (ceiling - LOWEST) // count
+    width = (_ephemeral_start() - LOWEST) // count
     low = LOWEST + (index % count) * width
-    return low, low + width
+    return low, low + width - span + 1
 
 
 def _ephemeral_start() -> int:
