@@ -10,6 +10,7 @@ REPLICATE would hand them, events as its stream would.
 from __future__ import annotations
 
 from miyaq.cluster.holder_events import apply_events
+from miyaq.core import placeholders
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import wall
@@ -116,4 +117,31 @@ def test_a_give_back_heard_before_the_copy_came_undoes_the_started_event_held_fo
     copy = node.task(tid)
     assert (copy.state, copy.attempt, copy.lessees) == ("scheduled", 0, None)
     assert node.due_at(tid) < wall() + 60.0
+    assert not cluster.crashes()
+
+
+def test_the_placeholders_leases_are_bounded_the_oldest_dropped_first(inproc, monkeypatch):
+    """The leases an at-most-once task's placeholders keep (the lessee each
+    takes a DONE from: miyaq.core.placeholders) are bounded by
+    ``MAX_PLACEHOLDER_LEASES``, the oldest dropped first; a placeholder
+    whose lease went refuses its lessee's DONE, as before leases were kept
+    (review41: no test held the bound, its mutant survived)."""
+    monkeypatch.setattr(placeholders, "MAX_PLACEHOLDER_LEASES", 2)
+    cluster = inproc(3)
+    node = cluster["n2"]
+    tids = []
+    for lessee in ("w1", "w2", "w3"):
+        tid, runner = _copy_on(cluster, "n2", 1, at_most_once=True)
+        apply_events(node.role, runner, [["S", tid, 1, wall() + 60.0, True, lessee]])
+        assert node.tombstone(tid).state == STARTED_ELSEWHERE
+        tids.append(tid)
+    leases = node.engine.placeholder_leases
+    assert list(leases) == tids[1:] and [lease.lessee for lease in leases.values()] == ["w2", "w3"]
+    refused = node.engine.not_leased
+    assert not node.engine.complete(tids[0], 1, b"lost", wall(), by="w1")
+    assert node.engine.not_leased == refused + 1
+    assert node.tombstone(tids[0]).state == STARTED_ELSEWHERE
+    assert node.engine.complete(tids[2], 1, b"kept", wall(), by="w3")
+    assert (node.tombstone(tids[2]).state, node.tombstone(tids[2]).result) == ("done", b"kept")
+    assert list(leases) == [tids[1]]
     assert not cluster.crashes()
