@@ -145,3 +145,25 @@ def test_the_placeholders_leases_are_bounded_the_oldest_dropped_first(inproc, mo
     assert (node.tombstone(tids[2]).state, node.tombstone(tids[2]).result) == ("done", b"kept")
     assert list(leases) == [tids[1]]
     assert not cluster.crashes()
+
+
+def test_a_placeholder_takes_the_lessee_of_a_later_started_event_of_its_task(inproc):
+    """The runner of an at-most-once task leased its attempt again after a
+    give-back (review41): the placeholder's lease takes the new lessee; an
+    ``S`` event of an earlier attempt changes nothing; one naming no lessee
+    drops the lease (its DONE is then refused, as the placeholder cannot
+    tell whose it is)."""
+    cluster = inproc(3)
+    node = cluster["n2"]
+    tid, runner = _copy_on(cluster, "n2", 1, at_most_once=True)
+    leases = node.engine.placeholder_leases
+    apply_events(node.role, runner, [["S", tid, 2, wall() + 60.0, True, "w1"]])
+    apply_events(node.role, runner, [["S", tid, 2, wall() + 60.0, True, "w2"]])
+    assert (leases[tid].attempt, leases[tid].lessee) == (2, "w2")
+    apply_events(node.role, runner, [["S", tid, 1, wall() + 60.0, True, "w3"]])     # an earlier attempt's, late
+    assert (leases[tid].attempt, leases[tid].lessee) == (2, "w2")
+    apply_events(node.role, runner, [["S", tid, 2, wall() + 60.0, True, None]])
+    assert tid not in leases
+    assert not node.engine.complete(tid, 2, b"x", wall(), by="w2")
+    assert node.tombstone(tid).state == STARTED_ELSEWHERE
+    assert not cluster.crashes()
