@@ -105,6 +105,8 @@ def test_a_give_back_heard_before_the_copy_came_undoes_the_started_event_held_fo
     apply_events(node.role, runner, [["S", tid, 1, wall() + 120.0, False, "w1"]])
     assert tid in events.early
     apply_events(node.role, runner, [["R", tid, 1, wall() + 5.0, None]])     # a put-back: the attempt ran
+    other = next(n for n in holders if n not in (runner, "n2"))
+    apply_events(node.role, other, [["R", tid, 0, 0.0, None]])               # another holder's own run
     assert tid in events.early
     apply_events(node.role, runner, [["R", tid, 0, 0.0, None]])              # given back unstarted
     assert tid not in events.early and events.early_bytes == 0

@@ -179,15 +179,16 @@ class EventPublisher(EngineListener):
         while len(early) > MAX_EARLY_EVENTS or (self.early_bytes > MAX_EARLY_EVENT_BYTES and len(early) > 1):
             self.early_bytes -= _early_size(early.popitem(last=False)[1][1])
 
-    def drop_given_back(self, task_id: str, attempt: int) -> None:
-        """An ``R`` event of ``attempt`` for a task not held here yet: if an
-        ``S`` event of a later attempt is kept for it, that attempt was given
-        back unstarted (``task_given_back``: the attempt one less), and the
-        copy must not take it when it comes (review41: a ``max_retries`` 0
-        task's take-over dead-lettered it ``Lost``, never run). A put-back
-        names the attempt that ran: the ``S`` event stays."""
+    def drop_given_back(self, src: str, task_id: str, attempt: int) -> None:
+        """An ``R`` event of ``attempt`` from ``src`` for a task not held
+        here yet: if an ``S`` event of a later attempt from ``src`` is kept
+        for it, that attempt was given back unstarted (``task_given_back``:
+        the attempt one less), and the copy must not take it when it comes
+        (review41: a ``max_retries`` 0 task's take-over dead-lettered it
+        ``Lost``, never run). A put-back names the attempt that ran, and
+        another holder's event tells of its own run: the ``S`` event stays."""
         found = self.early.get(task_id) if self.early else None
-        if found is not None and found[1][0] == "S" and found[1][2] > attempt:
+        if found is not None and found[0] == src and found[1][0] == "S" and found[1][2] > attempt:
             self.take_early(task_id)
 
     def drop_expired_early(self, now: float) -> None:
@@ -264,7 +265,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 elif op == "V":
                     role.events.take_early(task_id)     # revived: an earlier D no longer holds
                 elif op == "R":
-                    role.events.drop_given_back(task_id, ev[2])
+                    role.events.drop_given_back(src, task_id, ev[2])
                 continue
             if op == "S":
                 _started_elsewhere(role, src, task, ev, now)
