@@ -22,17 +22,22 @@ ERROR = {"type": "Boom", "message": "first failure"}
 LEASE = 60.0
 
 
+def _held_by_n1_then_n2(cluster: Any) -> str:
+    """A task id whose first holder is n1 and second n2."""
+    for _ in range(200):
+        task_id = cluster.task_led_by("n1")
+        if cluster.holders(task_id)[1] == "n2":
+            return task_id
+    raise AssertionError("no task id held by n1 then n2 in 200 tries")
+
+
 def _last_attempt_running(inproc: Any, tmp_path: Any) -> tuple[Any, str, Any]:
     """A 3-node cluster whose task (max_retries=1, holders n1 then n2, a
     lease of ``LEASE`` seconds) failed
     its first attempt on n1 and runs its second -- its last -- there, every
     other copy told so (the ``S`` event: attempt 2)."""
     cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
-    for _ in range(200):
-        task_id = cluster.task_led_by("n1")
-        if cluster.holders(task_id)[1] == "n2":
-            break
-    assert cluster.holders(task_id)[:2] == ["n1", "n2"], cluster.holders(task_id)
+    task_id = _held_by_n1_then_n2(cluster)
     # A lease that outlasts the test's waits (n1 must not lose it itself):
     # the take-over comes after the clocks are advanced past it.
     cluster.submit_accepted("n1", task_id, body=b"x", max_retries=1, timeout=LEASE)
@@ -105,6 +110,15 @@ def test_a_copy_restarted_from_its_log_learns_the_started_attempt_in_the_resync(
     assert not cluster.crashes()
 
 
+def _restarted_unsynced(cluster, node_id: str, task_id: str):
+    """``node_id`` restarted from its log with every SYNC it asks lost: its
+    copy of ``task_id`` as its log alone brought it back."""
+    cluster.net.drop("SYNC", src=node_id)
+    cluster.stop_node(node_id)
+    cluster.start_node(node_id)
+    return cluster[node_id].task(task_id)
+
+
 def test_the_attempt_a_resync_taught_is_kept_across_a_second_restart(inproc, tmp_path):
     """Fault: the attempt a restarted copy adopted in its resync would live
     in memory only; restarted again while no resync answers (every SYNC
@@ -114,10 +128,7 @@ def test_the_attempt_a_resync_taught_is_kept_across_a_second_restart(inproc, tmp
     cluster, task_id, _worker = _last_attempt_running(inproc, tmp_path)
     _restart(cluster, "n2")
     cluster.wait_until(lambda: cluster["n2"].task(task_id).attempt == 2, what="n2's resync to adopt attempt 2")
-    cluster.net.drop("SYNC", src="n2")
-    cluster.stop_node("n2")
-    cluster.start_node("n2")
-    copy = cluster["n2"].task(task_id)
+    copy = _restarted_unsynced(cluster, "n2", task_id)
     assert (copy.attempt, copy.error) == (2, ERROR)
     assert not cluster.crashes()
 
@@ -130,12 +141,34 @@ def test_a_standby_copy_restored_from_its_log_keeps_a_put_back_heard_from_anothe
     without its error. It comes back at the put-back's attempt and error
     (the later start, attempt 2, is the resync's to teach: see above)."""
     cluster, task_id, _worker = _last_attempt_running(inproc, tmp_path)
-    cluster.net.drop("SYNC", src="n2")
-    cluster.stop_node("n2")
-    cluster.start_node("n2")
-    copy = cluster["n2"].task(task_id)
+    copy = _restarted_unsynced(cluster, "n2", task_id)
     assert (copy.attempt, copy.error) == (1, ERROR)
     assert not cluster.crashes()
+
+
+def _last_attempt_given_back(inproc, tmp_path):
+    """The last attempt (2 of 2) running on n1, then given back unstarted by
+    its worker: ready on n1 at attempt 1 again, and n2 and n3 told so."""
+    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
+    worker.stop()
+    n1 = cluster["n1"]
+    assert n1.node.core.engine.give_back(task_id, 2, worker.principal, wall())
+    n1.wake()
+    assert (n1.state(task_id), n1.task(task_id).attempt) == (READY, 1)
+    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 1 for n in ("n2", "n3")),
+                       what="n2 and n3 to hear the give-back (attempt 1 again)")
+    return cluster, task_id
+
+
+def _run_or_death_on(cluster, node_id: str, task_id: str, offsets: int) -> list:
+    """A worker on ``node_id``, the clocks moved past the lease and
+    ``offsets`` replica offsets: what it was delivered once the task ran
+    there or died."""
+    worker = cluster.worker(node_id)
+    cluster.advance(LEASE + offsets * cluster.settings["replica_offset"])
+    cluster.wait_until(lambda: worker.runs(task_id) or cluster[node_id].state(task_id) == DEAD, timeout=60,
+                       what=f"{node_id}'s copy to run or die")
+    return worker.delivered
 
 
 def test_a_last_attempt_given_back_unstarted_runs_at_a_take_over(inproc, tmp_path):
@@ -146,20 +179,9 @@ def test_a_last_attempt_given_back_unstarted_runs_at_a_take_over(inproc, tmp_pat
     the task ``Lost`` -- "the holder running this task's last attempt was
     lost" -- though that attempt never ran. The give-back is told to the
     other holders (an ``R`` event, as a put-back), and n2 runs the task."""
-    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
-    worker.stop()
-    n1 = cluster["n1"]
-    assert n1.node.core.engine.give_back(task_id, 2, worker.principal, wall())
-    n1.wake()
-    assert (n1.state(task_id), n1.task(task_id).attempt) == (READY, 1)
-    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 1 for n in ("n2", "n3")),
-                       what="n2 and n3 to hear the give-back (attempt 1 again)")
-    standby = cluster.worker("n2")
+    cluster, task_id = _last_attempt_given_back(inproc, tmp_path)
     cluster.stop_node("n1")
-    cluster.advance(LEASE + 2 * cluster.settings["replica_offset"])
-    cluster.wait_until(lambda: standby.runs(task_id) or cluster["n2"].state(task_id) == DEAD, timeout=60,
-                       what="n2 to take over")
-    assert standby.delivered == [(task_id, 2)], cluster["n2"].task(task_id).error
+    assert _run_or_death_on(cluster, "n2", task_id, offsets=2) == [(task_id, 2)], cluster["n2"].task(task_id).error
     assert not cluster.crashes()
 
 
@@ -171,18 +193,9 @@ def test_a_last_attempt_given_back_then_its_holder_restarted_runs(inproc, tmp_pa
     and hearing only standby copies, dead-lettered the task ``Lost`` ("the
     holder running this task's last attempt was lost") though it never
     ran. The give-back's ``R`` event keeps n2 at attempt 1: the task runs."""
-    cluster, task_id, worker = _last_attempt_running(inproc, tmp_path)
-    worker.stop()
-    assert cluster["n1"].node.core.engine.give_back(task_id, 2, worker.principal, wall())
-    cluster["n1"].wake()
-    cluster.wait_until(lambda: all(cluster[n].task(task_id).attempt == 1 for n in ("n2", "n3")),
-                       what="n2 and n3 to hear the give-back (attempt 1 again)")
+    cluster, task_id = _last_attempt_given_back(inproc, tmp_path)
     _restart(cluster, "n1")
-    runner = cluster.worker("n1")
-    cluster.advance(LEASE + 4 * cluster.settings["replica_offset"])
-    cluster.wait_until(lambda: runner.runs(task_id) or cluster["n1"].state(task_id) == DEAD, timeout=60,
-                       what="n1's copy to run or die")
-    assert runner.delivered == [(task_id, 2)], cluster["n1"].task(task_id).error
+    assert _run_or_death_on(cluster, "n1", task_id, offsets=4) == [(task_id, 2)], cluster["n1"].task(task_id).error
     assert not cluster.crashes()
 
 
@@ -219,11 +232,7 @@ def test_an_at_most_once_task_learnt_running_in_a_resync_is_not_run_again_at_a_t
     time -- it dead-letters it ``Lost``, as a node restarted while an
     at-most-once task ran does."""
     cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
-    for _ in range(200):
-        task_id = cluster.task_led_by("n1")
-        if cluster.holders(task_id)[1] == "n2":
-            break
-    assert cluster.holders(task_id)[:2] == ["n1", "n2"], cluster.holders(task_id)
+    task_id = _held_by_n1_then_n2(cluster)
     cluster.net.drop("EVENTS", src="n1", event="S")      # n3 never says "started elsewhere" either
     cluster.submit_accepted("n1", task_id, body=b"x", at_most_once=True, timeout=LEASE)
     worker = cluster.worker("n1")
