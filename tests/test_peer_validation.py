@@ -414,8 +414,12 @@ def test_the_queue_still_works_after_the_test_process_stalled(cluster_node, serv
     ``assert_queue_still_works`` submits; the node takes it for a freeze
     and refuses submits ``unavailable`` for ``SUSPECT_AFTER_FREEZE``.
     Before 2026-12-07 the helper asserted the first answer was
-    ``accepted``; now it sends a refused submit again, as a client does."""
-    wait_for(lambda: service.status() is not None)
+    ``accepted``; now it sends a refused submit again, as a client does.
+    The clock moves only once the cluster ticker has run a round: a node
+    whose ticker never ran has no stamp to find a freeze by until its
+    housekeeping's next pass, and took that submit (CI, 2026-12-07)."""
+    wait_for(lambda: service.status() is not None and cluster_node.node.role.ticker.rounds > 0,
+             what="the node serving, its ticker past its first round")
     try:
         clock.advance(STALL + 0.5)
         task_id = f"stalled-{time.monotonic_ns()}"

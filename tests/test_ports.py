@@ -4,7 +4,6 @@ outgoing connection may take one before the server that wanted it binds it
 (a CI run lost a gateway test so: "port 60715 is in use")."""
 from __future__ import annotations
 
-import collections
 import socket
 
 import pytest
@@ -40,7 +39,7 @@ def test_a_port_held_by_another_socket_is_not_picked(monkeypatch):
     """Fault: something already listens where the picker would go."""
     base = next(p for p in range(21_000, 22_000, 2) if ports.port_is_free(p) and ports.port_is_free(p + 1))
     monkeypatch.setattr(ports, "_slice", lambda span: (base, base + 2))
-    monkeypatch.setattr(ports, "_recent", collections.deque(maxlen=ports.REMEMBERED))
+    monkeypatch.setattr(ports, "_next", {base: base})
     with socket.socket() as held:
         held.bind(("127.0.0.1", base))
         held.listen()
@@ -67,3 +66,22 @@ def test_a_workers_blocks_of_any_span_never_reach_into_another_workers_slice(mon
         ends[index] = (first, last)
     for index in range(count - 1):
         assert ends[index][1] < ends[index + 1][0], ends
+
+
+def test_a_block_of_100_comes_from_the_slice_after_thousands_of_single_ports(monkeypatch):
+    """Fault (CI, 2026-12-07): a pytest worker that had handed out a few
+    thousand ports (its share of the suite) asked for a docs page's block
+    of 100 and got one in the ephemeral range (60041): the picker skipped
+    the last 4,096 ports it had handed out, scattered at random over a
+    slice of 7,589, and no 100 consecutive ports avoided them. Now it walks
+    its slice: the block comes from the slice, apart from every port
+    handed out before it."""
+    monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw2")
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "3")
+    monkeypatch.setattr(ports, "_next", {})
+    low, high = ports._slice(1)
+    singles = [ports.free_port() for _ in range(4_000)]
+    block = ports.free_port(span=100)
+    assert low <= block and block + 100 <= high + 1, (block, low, high)
+    assert not set(singles) & set(range(block, block + 100))
+    assert len(set(singles)) == len(singles)

@@ -211,6 +211,35 @@ def test_worker_on_a_unix_socket_discovers_the_other_nodes_but_not_its_own_again
     assert a.endpoint not in links()
 
 
+def test_a_worker_welcomed_before_its_node_joined_the_ring_does_not_dial_that_node_again(
+        make_node, thread_worker, zk_server, zk_cluster_name, tmp_path):
+    """Fault: node A welcomes a worker on its unix socket before A is in
+    any ring view (here: started out of the ring, then joined). Before
+    2026-12-07 that WELCOME named no ``service`` for A, so the HEARTBEAT
+    that later listed the ring made the worker dial A's TCP endpoint as a
+    node it did not know: two links to one node (CI, a race of the test
+    above). Now A names its own endpoint from its first WELCOME."""
+    from apps.basic import app
+    from miyaq.cluster.ring_admin import RingAdmin
+
+    path = tmp_path / "a.sock"
+    b = make_node(zk=zk_server.hosts, cluster=zk_cluster_name, replicas=2)
+    a = make_node(zk=zk_server.hosts, cluster=zk_cluster_name, replicas=2, bind=ipc(path), auto_join=False)
+    worker = thread_worker(app, ipc(path))
+
+    def links() -> set[str]:
+        return {link.endpoint for link in list(worker.worker.links)}
+
+    wait_for(lambda: b.endpoint in links(), what="node B discovered from A's ring view, which lacks A")
+    over_ipc = next(link for link in worker.worker.links if link.endpoint == ipc(path))
+    assert over_ipc.absent_since is not None, "the lists so far name B only"
+    with RingAdmin(zk_server.hosts, zk_cluster_name, timeout=10.0) as admin:
+        admin.join(a.config.node_id)
+    # Either the worker dials A again (the fault) or a list naming A reaches it.
+    wait_for(lambda: a.endpoint in links() or over_ipc.absent_since is None, what="a list naming A heard")
+    assert links() == {ipc(path), b.endpoint}
+
+
 def test_asyncio_client_over_a_unix_socket(make_node, thread_worker, tmp_path):
     """miyaq.aio.Client takes an ipc:// endpoint like the threaded client."""
     import asyncio

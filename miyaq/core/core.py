@@ -61,7 +61,7 @@ class Core:
         self.endpoint.dispatch_early = self.dispatcher.dispatch_lone     # a lone task before its burst's end
         self.waiters = Waiters(self.dispatcher, config.max_waiters, config.max_waiters_per_connection,
                                config.max_waiters_per_key, self.endpoint.reachable, self.engine.live_state)
-        self.directory = Directory()
+        self.directory = Directory(own=config.endpoint(config.port))
         self.refusals = Refusals()
         self.workers = WorkerRegistry(self.engine, self.dispatcher, self.endpoint, self.directory,
                                       config.id, config.heartbeat, config.liveness, config.max_workers)

@@ -14,8 +14,11 @@ from miyaq.store.task import Task
 
 
 class Directory:
-    def __init__(self) -> None:
+    def __init__(self, own: str | None = None) -> None:
         self._service: dict[str, str] = {}
+        self.own = own
+        """This node's own service endpoint as the ring will name it, known
+        before any ring view (None: unknown)."""
 
     def update(self, service: Mapping[str, str]) -> None:
         """The members of the newest ring view: node id -> service endpoint."""
@@ -30,6 +33,14 @@ class Directory:
     def service_of(self, node_id: str) -> str | None:
         """The service endpoint ``node_id`` advertises in the ring, if it is a member."""
         return self._service.get(node_id)
+
+    def own_service(self, node_id: str) -> str | None:
+        """How the ring names this node (``node_id``): its entry in the
+        newest view, else the endpoint it will register with. A WELCOME
+        sent before the node's first ring view carries it too, so a worker
+        linked over ``ipc://`` does not dial the node's TCP endpoint again
+        when a later HEARTBEAT lists the ring (CI, 2026-12-07)."""
+        return self._service.get(node_id, self.own)
 
     def holder_endpoints(self, task: Task) -> list[str]:
         """The service endpoints of ``task``'s holders that are in the ring."""

@@ -125,7 +125,7 @@ class WorkerRegistry:
         nodes = self.directory.nodes()
         if nodes is not None:
             welcome["nodes"] = nodes
-        service = self.directory.service_of(self.node_id)
+        service = self.directory.own_service(self.node_id)
         if service is not None:      # how the ring names this node: a worker on ipc:// does not dial it again
             welcome["service"] = service
         self.endpoint.send(identity, c.WELCOME, welcome)

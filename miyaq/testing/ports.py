@@ -7,17 +7,23 @@ default) -- the range every outgoing connection also takes its source
 port from. Such a port, let go until the server that wants it binds it,
 can meanwhile become the source port of a connection some other test
 opens, and the server fails with "address in use" (a CI run lost a
-gateway test so). So ports are picked at random *below* that range, from
-a slice of its own for each parallel test worker (``PYTEST_XDIST_WORKER``
-of ``PYTEST_XDIST_WORKER_COUNT``), each checked free, and never handed out
-twice by one process within :data:`REMEMBERED` picks. Where there is no
-room below the range, the kernel's choice is taken, as before.
+gateway test so). So ports are picked *below* that range, from a slice of
+its own for each parallel test worker (``PYTEST_XDIST_WORKER`` of
+``PYTEST_XDIST_WORKER_COUNT``), each checked free. A process walks its
+slice from a random start, a block after the last one it handed out, so
+it hands no port out twice until it has gone round its whole slice
+(thousands of ports). Where there is no room below the range, the
+kernel's choice is taken, as before.
+
+Before 2026-12-07's second fix ports were picked at random in the slice, skipping the
+last 4,096 handed out: after a few thousand picks (a CI worker's share of
+the suite) no block of 100 consecutive ports avoided them, and a docs
+page's block came from the ephemeral range after all (CI, 2026-12-07).
 
 No pytest imports: ``miyaq bench`` and ``miyaq dev-cluster`` use it too.
 """
 from __future__ import annotations
 
-import collections
 import os
 import random
 import socket
@@ -28,29 +34,34 @@ from miyaq.runtime.endpoints import is_ipv6_address
 LOWEST = 10_000
 """The lowest port picked (below are the well-known and registered services
 a machine is likelier to run)."""
-REMEMBERED = 4096
-"""Ports this process handed out lately; not handed out again meanwhile (a
-test may take several before it binds any)."""
 TRIES = 200
+"""Ports looked at for one block before the kernel's choice is taken."""
 
-_recent: collections.deque[int] = collections.deque(maxlen=REMEMBERED)
+_next: dict[int, int] = {}
+"""Per slice (by its first port): where this process looks for its next block."""
 _random = random.Random()
 
 
 def free_port(span: int = 1, host: str = "127.0.0.1") -> int:
     """A port p on ``host`` with p .. p+span-1 all free right now, outside
-    the ephemeral range and this worker's recent picks."""
+    the ephemeral range, the next such block in this worker's slice after
+    the one it handed out last."""
     low, high = _slice(span)
     if high > low:
-        for _ in range(TRIES):
+        port = _next.get(low)
+        if port is None or not low <= port < high:
             port = _random.randrange(low, high)
-            if _claim(port, span, host):
+        for _ in range(TRIES):
+            taken = _first_taken(port, span, host)
+            if taken is None:
+                _next[low] = port + span if port + span < high else low
                 return port
+            port = taken + 1 if taken + 1 < high else low      # past what holds it
     for _ in range(TRIES):
         with _socket(host) as probe:
             probe.bind((host, 0))
             port = probe.getsockname()[1]
-        if port + span <= 65536 and _claim(port, span, host):
+        if port + span <= 65536 and _first_taken(port, span, host) is None:
             return port
     raise MiyaqError(f"no {span} consecutive free ports found on {host}")
 
@@ -70,13 +81,9 @@ def _socket(host: str) -> socket.socket:
     return socket.socket(socket.AF_INET6 if is_ipv6_address(host) else socket.AF_INET)
 
 
-def _claim(port: int, span: int, host: str) -> bool:
-    """Hand out ``port`` .. ``port+span-1`` if none was handed out lately and all are free."""
-    ports = range(port, port + span)
-    if any(p in _recent for p in ports) or not all(port_is_free(p, host) for p in ports):
-        return False
-    _recent.extend(ports)
-    return True
+def _first_taken(port: int, span: int, host: str) -> int | None:
+    """The first of ``port`` .. ``port+span-1`` something holds on ``host`` now (None: all free)."""
+    return next((p for p in range(port, port + span) if not port_is_free(p, host)), None)
 
 
 def _slice(span: int) -> tuple[int, int]:
