@@ -332,6 +332,19 @@ def test_the_import_contracts_cover_every_module():
         sorted(modules - {"miyaq.runtime", "miyaq.errors", "miyaq.logs"} - below)
 
 
+def test_every_runtime_module_but_green_and_its_parts_is_kept_from_gevent():
+    """Fault it simulates: the runtime's docstring said ``green`` was its
+    only module importing gevent while ``waits`` and ``fairness`` did too,
+    and nothing checked it. The contract ``runtime-gevent-facade`` now
+    does; a runtime module added later must be listed in it."""
+    contracts = configparser.ConfigParser()
+    contracts.read(ROOT / "setup.cfg")
+    listed = set(contracts["importlinter:contract:runtime-gevent-facade"]["source_modules"].split())
+    facade = {"miyaq.runtime.green", "miyaq.runtime.waits", "miyaq.runtime.fairness"}
+    modules = {f"miyaq.runtime.{p.stem}" for p in (ROOT / "miyaq" / "runtime").glob("*.py") if p.stem != "__init__"}
+    assert modules - facade == listed, sorted((modules - facade) ^ listed)
+
+
 def test_the_quickstart_says_where_a_handlers_exception_shows_as_the_worker_logs_it():
     """Fault it simulates: quickstart.md said "The worker's terminal shows
     nothing when a handler raises" after the worker had begun to log each

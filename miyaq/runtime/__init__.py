@@ -1,7 +1,11 @@
 """The runtime: the one package that owns gevent and ZeroMQ.
 
-- :mod:`.green` -- the only module that imports gevent: events, queues,
-  locks, timeouts, sleep, pools, the WSGI server, thread-safe wake-ups;
+- :mod:`.green` -- the face over gevent: events, queues, locks,
+  timeouts, sleep, pools, the WSGI server, thread-safe wake-ups; with its
+  parts :mod:`.waits` (waits on the hub, wake-ups from other threads) and
+  :mod:`.fairness` (a reader's share of the hub), the only modules that
+  import gevent (setup.cfg's import-linter contract
+  ``runtime-gevent-facade``);
 - :mod:`.supervisor` -- every greenlet is spawned through a
   :class:`Supervisor`, named, with a crash policy (none dies silently);
 - :mod:`.sockets` -- the only module that imports ``zmq.green``; every
