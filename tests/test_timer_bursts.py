@@ -18,6 +18,7 @@ import pytest
 
 from miyaq.config import NodeConfig
 from miyaq.core import engine as engine_module
+from miyaq.core.directory import Directory
 from miyaq.core import workers as workers_module
 from miyaq.core.engine import Engine
 from miyaq.core.workers import WorkerRegistry
@@ -107,8 +108,7 @@ def registry(monkeypatch: pytest.MonkeyPatch, heartbeat: float, liveness: int) -
     sent: list[tuple[bytes, str]] = []
     endpoint = SimpleNamespace(max_message=1 << 20, send=lambda identity, cmd, body: sent.append((identity, cmd)))
     dispatcher = SimpleNamespace(grant=lambda worker, n: None, forget=lambda worker: None)
-    directory = SimpleNamespace(nodes=lambda: None, service_of=lambda node_id: None, holder_endpoints=None)
-    workers = WorkerRegistry(Engine(NodeConfig()), dispatcher, endpoint, directory,  # type: ignore[arg-type]
+    workers = WorkerRegistry(Engine(NodeConfig()), dispatcher, endpoint, Directory(),  # type: ignore[arg-type]
                              "n1", heartbeat, liveness, max_workers=10)
     return workers, clock, sent
 
