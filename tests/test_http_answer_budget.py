@@ -260,19 +260,19 @@ def test_the_budget_counts_each_body_once_refuses_nothing_alone_and_gives_back_o
     reasons: list[str] = []
     budget = AnswerBudget(100, reasons.append)
     large, other = b"a" * 150, b"b" * 10
-    first = budget.hold(large)
+    first = budget.hold(large, "a")
     assert budget.held == 150
     with pytest.raises(Busy, match="http_answer_budget of 100"):
-        budget.hold(other)
+        budget.hold(other, "b")
     assert budget.held == 150 and reasons == ["answer_budget"]
-    again = budget.hold(large)          # the same object: no more bytes
+    again = budget.hold(large, "b")          # the same object: no more bytes
     assert budget.held == 150 and list(again) == [large]
     first.close()
     first.close()
     assert budget.held == 150, "closed twice, given back once: the other holder still counts"
     again.close()
     assert budget.held == 0
-    assert list(budget.hold(other)) == [other] and budget.held == 10
+    assert list(budget.hold(other, "b")) == [other] and budget.held == 10
 
 
 def test_a_negative_http_answer_budget_is_refused_at_start():

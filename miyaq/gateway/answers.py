@@ -36,6 +36,21 @@ webhook tasks with 2 KiB URLs) and read nothing took a node from 58 to
   spent). An answer is never refused while nothing is counted: one larger
   than the budget still goes out, alone. So the node holds at most the
   budget plus one answer.
+* **A client's share**: one client -- its address, as
+  ``http_max_client_connections`` counts its connections
+  (:func:`~miyaq.gateway.wsgi.client_group`) -- holds at most a quarter of
+  the budget (``SHARE_OF_BUDGET``); a new large answer past it is refused
+  503 ``busy`` as well, the message saying it is the client's own share,
+  counted under ``answer_share``. Before 2026-12-08 there was none: one
+  address with its 128 connections asking and never reading held the whole
+  budget, and every other client's large answers were refused for as long
+  as it held them (``http_body_timeout`` a piece). The bytes of a client's
+  answers are those of the distinct answers it holds (one it holds on many
+  connections counts once for it too); one answer of a client that holds
+  none always goes, as far as its share goes. A client is kept only while
+  it holds an answer: at most one entry a connection holding one. With
+  ``http_max_client_connections`` 0 (one address is many clients: a proxy,
+  a NAT) there is no share, as there is no cap on its connections.
 
 Hub thread only.
 """
@@ -48,43 +63,67 @@ from miyaq.errors import Busy
 #: An answer of at most this many bytes is written without being counted.
 SMALL_ANSWER = 64 * 1024
 
+#: One client holds at most the budget divided by this (a quarter): four
+#: clients that read nothing hold it all, one leaves three quarters to the others.
+SHARE_OF_BUDGET = 4
+
 
 class AnswerBudget:
     """The bytes of large answers held at once: at most ``limit``
-    (``http_answer_budget``) -- plus one answer, when it is the only one."""
+    (``http_answer_budget``) -- plus one answer, when it is the only one --
+    and, with ``shared``, at most ``limit // SHARE_OF_BUDGET`` of them held
+    by one client -- plus one answer, when it is the client's only one."""
 
-    __slots__ = ("_holders", "held", "limit", "refused")
+    __slots__ = ("_clients", "_holders", "held", "limit", "refused", "share")
 
-    def __init__(self, limit: int, refused: Callable[[str], None] = lambda reason: None) -> None:
+    def __init__(self, limit: int, refused: Callable[[str], None] = lambda reason: None,
+                 shared: bool = True) -> None:
         self.limit = limit
+        #: the bytes one client holds at most (None: no share, ``http_max_client_connections`` 0)
+        self.share: int | None = limit // SHARE_OF_BUDGET if shared else None
         self.held = 0
-        self.refused = refused     # told "answer_budget" at each refusal (the gateway's miyaq_http_refused_total)
+        self.refused = refused     # told the reason (answer_budget, answer_share) at each refusal
         # id(body) -> connections holding it. Each holder keeps the body alive
         # until it gives it back, so its id names no other object meanwhile.
         self._holders: dict[int, int] = {}
+        # client -> what it holds; only clients holding an answer (dropped at 0)
+        self._clients: dict[str, ClientHold] = {}
 
-    def hold(self, body: bytes) -> HeldAnswer:
+    def hold(self, body: bytes, client: str) -> HeldAnswer:
         """``body`` as the WSGI answer that counts it until closed, or
         :class:`~miyaq.errors.Busy` (nothing counted) when its bytes would
-        bring what is held past the limit."""
+        bring what ``client`` holds past its share, or what is held past
+        the limit."""
         key = id(body)
-        holders = self._holders.get(key)
-        if holders is not None:       # held already: its bytes are counted
-            self._holders[key] = holders + 1
-            return HeldAnswer(body, self)
         size = len(body)
-        if self.held and self.held + size > self.limit:
-            self.refused("answer_budget")
-            raise Busy(f"the gateway holds {self.held:,} bytes of answers its clients have not taken yet; this "
-                       f"answer of {size:,} would pass its http_answer_budget of {self.limit:,} "
-                       "(--http-answer-budget): retry shortly")
-        self._holders[key] = 1
-        self.held += size
-        return HeldAnswer(body, self)
+        mine = self._clients.get(client)
+        if self.share is not None and mine is not None and key not in mine.bodies \
+                and mine.held + size > self.share:
+            self.refused("answer_share")
+            raise Busy(f"this client ({client or 'unknown'}) holds {mine.held:,} bytes of answers it has not "
+                       f"taken yet; this answer of {size:,} would pass its share of the gateway's "
+                       f"http_answer_budget, {self.share:,} (a quarter): read the answers asked for, or ask "
+                       "for fewer at once, and retry")
+        holders = self._holders.get(key)
+        if holders is None:
+            if self.held and self.held + size > self.limit:
+                self.refused("answer_budget")
+                raise Busy(f"the gateway holds {self.held:,} bytes of answers its clients have not taken yet; "
+                           f"this answer of {size:,} would pass its http_answer_budget of {self.limit:,} "
+                           "(--http-answer-budget): retry shortly")
+            self.held += size
+        self._holders[key] = (holders or 0) + 1
+        if mine is None:
+            mine = self._clients[client] = ClientHold()
+        mine.take(key, size)
+        return HeldAnswer(body, self, client)
 
-    def give(self, body: bytes) -> None:
-        """One holder of ``body`` is done with it."""
+    def give(self, body: bytes, client: str) -> None:
+        """One holder of ``body``, of ``client``, is done with it."""
         key = id(body)
+        mine = self._clients[client]
+        if mine.give(key, len(body)):
+            del self._clients[client]
         holders = self._holders[key] - 1
         if holders:
             self._holders[key] = holders
@@ -92,17 +131,54 @@ class AnswerBudget:
             del self._holders[key]
             self.held -= len(body)
 
+    def held_by(self, client: str) -> int:
+        """The bytes of the answers ``client`` holds now."""
+        mine = self._clients.get(client)
+        return 0 if mine is None else mine.held
+
+    def clients(self) -> int:
+        """How many clients hold an answer now (the entries kept)."""
+        return len(self._clients)
+
+
+class ClientHold:
+    """The answers one client holds: each distinct body's connections, and their bytes."""
+
+    __slots__ = ("bodies", "held")
+
+    def __init__(self) -> None:
+        self.bodies: dict[int, int] = {}     # id(body) -> this client's connections holding it
+        self.held = 0
+
+    def take(self, key: int, size: int) -> None:
+        holders = self.bodies.get(key)
+        if holders is None:
+            self.held += size
+        self.bodies[key] = (holders or 0) + 1
+
+    def give(self, key: int, size: int) -> bool:
+        """One of this client's holders of a body is done with it; True when
+        the client holds nothing any more."""
+        holders = self.bodies[key] - 1
+        if holders:
+            self.bodies[key] = holders
+        else:
+            del self.bodies[key]
+            self.held -= size
+        return not self.bodies
+
 
 class HeldAnswer:
-    """A WSGI answer of one body, counted in its budget until the server
-    closes it (pywsgi does, in a ``finally``: written or not). Closing twice
-    gives it back once."""
+    """A WSGI answer of one body, counted in its budget (and its client's
+    share) until the server closes it (pywsgi does, in a ``finally``:
+    written or not). Closing twice gives it back once."""
 
-    __slots__ = ("body", "budget")
+    __slots__ = ("body", "budget", "client")
 
-    def __init__(self, body: bytes, budget: AnswerBudget) -> None:
+    def __init__(self, body: bytes, budget: AnswerBudget, client: str) -> None:
         self.body = body
         self.budget: AnswerBudget | None = budget
+        self.client = client
 
     def __iter__(self) -> Iterator[bytes]:
         return iter((self.body,))
@@ -110,4 +186,4 @@ class HeldAnswer:
     def close(self) -> None:
         budget, self.budget = self.budget, None
         if budget is not None:
-            budget.give(self.body)
+            budget.give(self.body, self.client)

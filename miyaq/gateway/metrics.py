@@ -40,7 +40,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -246,11 +246,15 @@ class NodeMetrics:
         self.http_refusals = Counter("miyaq_http_refused", "HTTP connections and requests refused before a "
                                      "handler ran (client_limit, header_timeout, tls_handshake, malformed, "
                                      "headers_too_large, open_files, body_budget), an answer refused for "
-                                     "http_answer_budget (answer_budget), or cut for an answer not taken in time "
-                                     "(send_timeout)",
+                                     "http_answer_budget (answer_budget) or its client's share of it "
+                                     "(answer_share), or cut for an answer not taken in time (send_timeout)",
                                      ["reason"], registry=self.registry)
         for reason in REFUSALS:       # each at 0 from the start, so increase() sees the first refusal
             self.http_refusals.labels(reason)
+        # Read when scraped: the gateway sets its function (0 with no gateway).
+        self.http_answers_held = Gauge("miyaq_http_answer_bytes_held", "Bytes of large HTTP answers (over "
+                                       "64 KiB) built and not yet taken by their clients, against "
+                                       "http_answer_budget", registry=self.registry)
         self.webhooks = Counter("miyaq_webhook_deliveries", "Webhook attempts by queue and result "
                                 "(2xx, 4xx, 429, 5xx, timeout, connection, invalid, forbidden)",
                                 ["queue", "result"], registry=self.registry)

@@ -41,6 +41,10 @@ from miyaq.gateway.json_body import is_text, parse_json
 #: The environ key of the request's socket, set by the server
 #: (:mod:`miyaq.gateway.hangup` watches it while a long-poll waits).
 CONNECTION = "miyaq.connection"
+#: The environ key of the client the request came from, as the server counts
+#: its connections (:func:`~miyaq.gateway.wsgi.client_group`): its large
+#: answers count in its share of the answer budget (:mod:`miyaq.gateway.answers`).
+CLIENT = "miyaq.client"
 
 JSON_TYPE = "application/json"
 #: An integer query parameter: ASCII digits (at most 18: no bound needs more), an optional sign.
@@ -136,6 +140,11 @@ class Request:
     def connection(self) -> Any | None:
         """The client's socket (None for a request not made over HTTP, as in unit tests)."""
         return self.environ.get(CONNECTION)
+
+    @property
+    def client(self) -> str:
+        """The client's address as its connections are counted ("" for a request not made over HTTP)."""
+        return str(self.environ.get(CLIENT, ""))
 
     def header(self, name: str, default: str = "") -> str:
         key = name.upper().replace("-", "_")

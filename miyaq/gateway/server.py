@@ -23,8 +23,9 @@ error is ``{"error": {"code", "message", "field"?}}`` with the status of
 
 An answer over 64 KiB counts in ``http_answer_budget`` from when it is
 handed to the server until the server is done with it, sent or not; one
-that would pass the budget is answered 503 ``busy`` instead, and its
-request undone where it can be (:mod:`miyaq.gateway.answers`).
+that would pass the budget, or its client's share of it (a quarter), is
+answered 503 ``busy`` instead, and its request undone where it can be
+(:mod:`miyaq.gateway.answers`).
 
 ``HEAD`` is answered on every GET route (:mod:`miyaq.gateway.router`): the
 handler runs as for a GET and the answer goes out without its body, with
@@ -98,7 +99,10 @@ class Gateway:
         # The request bodies read and held at once; a refusal counted as a refused request.
         self.bodies = BodyBudget(config.http_body_budget, metrics.http_refused)
         # The large answers built and not yet handed to the kernel (gateway.answers): bounded as the bodies.
-        self.answers = AnswerBudget(config.http_answer_budget, metrics.http_refused)
+        # One client's share of them: only while its connections are capped (0: an address is many clients).
+        self.answers = AnswerBudget(config.http_answer_budget, metrics.http_refused,
+                                    shared=config.http_max_client_connections > 0)
+        metrics.http_answers_held.set_function(lambda: self.answers.held)
         self.auth = BearerAuth(config.http_token, config.http_tokens)
         self.auth.tokens.on_revoked.append(self.tokens_revoked)
         self.hosts = HostCheck((config.host, config.http_host, config.advertise, config.advertised_host))
@@ -324,7 +328,7 @@ class Gateway:
             answer = [b""]
         elif len(response.body) > SMALL_ANSWER:
             try:
-                answer = self.answers.hold(response.body)    # counted until pywsgi closes it, sent or not
+                answer = self.answers.hold(response.body, request.client)   # counted until pywsgi closes it
             except Busy as err:
                 response.undo()          # refused unsent: a task leased to it goes back
                 response = self._error(err, request)

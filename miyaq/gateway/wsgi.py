@@ -39,7 +39,7 @@ from miyaq.gateway.conn_io import (SEND_PIECE, HeaderBudget, HeadersTooLarge, Se
                                    bound_send_queue, fair_rfile, send_within)
 from miyaq.gateway.raw_answers import (HEADER_TIMEOUT, HEADERS_TOO_LARGE, LINE_TOO_LONG, MALFORMED,
                                        too_many_connections)
-from miyaq.gateway.request import CONNECTION
+from miyaq.gateway.request import CLIENT, CONNECTION
 from miyaq.gateway.request_body import TimedInput, linger
 from miyaq.gateway.tls_accept import handshake
 from miyaq.runtime import green, monotonic
@@ -50,9 +50,10 @@ logger = logging.getLogger(__name__)
 #: Reasons a connection or request is refused before the application sees it
 #: (``send_timeout``: the client took no part of an answer in time;
 #: ``body_budget``: a body that would pass ``http_body_budget``, answered 503;
-#: ``answer_budget``: an answer that would pass ``http_answer_budget``, answered 503 instead).
+#: ``answer_budget``: an answer that would pass ``http_answer_budget``, answered 503 instead;
+#: ``answer_share``: one that would pass its client's share of it, the same).
 REFUSALS = ("client_limit", "header_timeout", "tls_handshake", "malformed", "headers_too_large", "open_files",
-            "send_timeout", "body_budget", "answer_budget")
+            "send_timeout", "body_budget", "answer_budget", "answer_share")
 
 ACCEPT_PAUSE_MIN = 0.05
 """Seconds the server stops accepting when the process is out of file
@@ -85,6 +86,8 @@ class GatewayHandler(WSGIHandler):
     still coming: :func:`~miyaq.gateway.request_body.linger` reads it away
     after the answer."""
     _answer_failed = False
+    client = ""
+    """The client's key (:func:`client_group`), set by :meth:`GatewayServer.handle`."""
     first_deadline: float | None = None
     """``monotonic()`` by which the first request's line and headers must be in:
     ``header_timeout`` after the accept, set by :meth:`GatewayServer.handle`
@@ -172,6 +175,7 @@ class GatewayHandler(WSGIHandler):
         original: Any = getattr(self, "wsgi_input")   # set by pywsgi (untyped there)
         self.wsgi_input = env["wsgi.input"] = TimedInput(original, self, self.server.limits)
         env[CONNECTION] = self.socket     # a long-poll watches it for its client hanging up
+        env[CLIENT] = self.client         # its large answers count in its share of the answer budget
         return env
 
     def _handle_client_error(self, ex: BaseException) -> tuple[str, bytes]:
@@ -300,6 +304,7 @@ class GatewayServer(WSGIServer):
                 return
             handler = self.handler_class(sock, address, self)
             handler.first_deadline = deadline
+            handler.client = host
             handler.handle()
         finally:
             left = self.clients.pop(host, 1) - 1
