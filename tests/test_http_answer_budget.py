@@ -281,3 +281,163 @@ def test_a_negative_http_answer_budget_is_refused_at_start():
     with pytest.raises(ConfigError, match="http_answer_budget must not be negative"):
         NodeConfig(http_answer_budget=-1)
     assert NodeConfig(http_answer_budget=0).http_answer_budget == 0      # one large answer at a time
+
+
+# -- one client's share ---------------------------------------------------------------
+SHARED_BUDGET = 9 * (RESULT + 100)     # nine answers of RESULT: a client's share (a quarter) holds two
+
+
+def clients_holding(node) -> int:
+    """How many clients the gateway keeps an entry for (those holding an answer)."""
+    return node.node.part("gateway").answers.clients()
+
+
+def test_a_client_that_never_reads_holds_its_share_and_another_client_still_gets_large_answers(make_http_node):
+    """Attack: one address opens many connections (up to
+    http_max_client_connections, 128), each asking for another large
+    result, and reads none. Before the fix it held the whole budget -- here
+    nine answers, every one 200 -- and every other client's large answer
+    was refused 503 for as long as it held them (http_body_timeout a
+    piece). Now it holds its share, a quarter (two answers here); the rest
+    of its requests are answered 503 busy saying the share is its own,
+    counted under answer_share; and another client, reading or not, still
+    gets its large answers."""
+    node = make_http_node(http_answer_budget=SHARED_BUDGET)
+    with clients(node) as (api, opened):
+        size = finished(node, api, "r0")
+        assert 9 * size <= SHARED_BUDGET < 10 * size, "nine answers fill the budget"
+        for i in range(1, 11):
+            finished(node, api, f"r{i}")
+        wait_for(lambda: held(node) == 0, "the answers read to their end given back")
+
+        hog = [ask(node, opened, "127.0.0.2", "GET", f"/tasks/r{i}/result") for i in range(9)]
+        statuses = [status_of(sock) for sock in hog]
+        other = ask(node, opened, "127.0.0.3", "GET", "/tasks/r9/result")     # another client that does not read
+        assert status_of(other) == 200, f"another client's large answer refused; the first got {statuses}"
+        assert statuses == [200, 200] + [503] * 7, statuses
+        assert held(node) == 3 * size, "the client holds its share, two answers, and no more"
+        status, headers, body = whole_answer(ask(node, opened, "127.0.0.2", "GET", "/tasks/r10/result"))
+        error = json.loads(body)["error"]
+        assert status == 503 and headers.get("retry-after") == "1", (status, headers)
+        assert error["code"] == "busy" and "its share of the gateway's http_answer_budget" in error["message"], error
+        metrics = metrics_text(node.url)
+        assert 'miyaq_http_refused_total{reason="answer_share"} 8.0' in metrics, "each refusal counted"
+        assert 'miyaq_http_refused_total{reason="answer_budget"} 0.0' in metrics, "the budget was never full"
+
+        status, body, _ = api.get("/tasks/r10/result")                        # and one that reads
+        assert status == 200 and body["result"] == "x" * RESULT
+        wait_for(lambda: held(node) == 3 * size, "the answer read to its end given back")
+        assert clients_holding(node) == 2
+
+
+def test_a_clients_entry_is_dropped_once_it_holds_no_answer(make_http_node):
+    """Clients come and go: the gateway keeps an entry only for a client
+    holding a large answer -- dropped when its answers are read to their
+    end, or its connections close unread -- so the entries cannot grow with
+    the clients that ever asked."""
+    node = make_http_node(http_answer_budget=SHARED_BUDGET)
+    answers = node.node.part("gateway").answers
+    with clients(node) as (api, opened):
+        size = finished(node, api, "r1")
+        finished(node, api, "r2")
+        wait_for(lambda: clients_holding(node) == 0, "the reading client's entry dropped")
+        for source in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            assert status_of(ask(node, opened, source, "GET", "/tasks/r1/result")) == 200
+        hog = ask(node, opened, "127.0.0.5", "GET", "/tasks/r2/result")
+        assert status_of(hog) == 200
+        assert clients_holding(node) == 4 and held(node) == 2 * size, "one shared answer counts once"
+        assert answers.held_by("127.0.0.2") == answers.held_by("127.0.0.5") == size
+        for sock in opened[:3]:
+            sock.close()
+        wait_for(lambda: clients_holding(node) == 1, "the departed clients' entries dropped")
+        assert held(node) == size and answers.held_by("127.0.0.2") == 0
+        read_rest(hog, size)
+        wait_for(lambda: clients_holding(node) == 0, "the entry of a client that read its answer dropped")
+        assert held(node) == 0
+
+
+def read_rest(sock: socket.socket, size: int) -> None:
+    """Read the rest of an answer whose status line was read (its body
+    ``size`` bytes long; the head's remaining lines are short)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(65536)
+    body = data.partition(b"\r\n\r\n")[2]
+    while len(body) < size:
+        chunk = sock.recv(65536)
+        assert chunk, "the connection closed mid-answer"
+        body += chunk
+
+
+def test_the_bytes_held_are_a_gauge(make_http_node):
+    """miyaq_http_answer_bytes_held: what the answers clients have not
+    taken hold, read when scraped -- 0, then an unread answer's bytes,
+    then 0 once its client is gone."""
+    node = make_http_node(http_answer_budget=SHARED_BUDGET)
+    with clients(node) as (api, opened):
+        assert "miyaq_http_answer_bytes_held 0.0" in metrics_text(node.url)
+        size = finished(node, api, "r1")
+        sock = ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
+        assert status_of(sock) == 200
+        assert f"miyaq_http_answer_bytes_held {float(size)}" in metrics_text(node.url)
+        sock.close()
+        wait_for(lambda: held(node) == 0, "the departed client's answer given back")
+        assert "miyaq_http_answer_bytes_held 0.0" in metrics_text(node.url)
+
+
+def test_without_a_cap_on_a_clients_connections_there_is_no_share(make_http_node):
+    """http_max_client_connections 0 says an address is many clients (a
+    proxy, a NAT): no share either -- one address holds what the budget
+    allows, as before, and is refused for the budget only."""
+    node = make_http_node(http_answer_budget=SHARED_BUDGET, http_max_client_connections=0)
+    assert node.node.part("gateway").answers.share is None
+    with clients(node) as (api, opened):
+        size = finished(node, api, "r1")
+        for i in range(2, 5):
+            finished(node, api, f"r{i}")
+        held_open = [ask(node, opened, "127.0.0.2", "GET", f"/tasks/r{i}/result") for i in range(1, 5)]
+        assert [status_of(sock) for sock in held_open] == [200] * 4
+        assert held(node) == 4 * size
+
+
+def test_a_clients_share_counts_its_distinct_answers_lets_its_first_go_and_refuses_past_it():
+    """AnswerBudget's share rules, without a node: a client's first answer
+    goes however large (as far as its share goes: the budget's rule still
+    holds); one more distinct answer past a quarter of the budget is
+    refused, counting nothing and telling answer_share, while another
+    client's goes; a body a client holds already costs its share nothing;
+    an entry is dropped when its client holds nothing."""
+    from miyaq.errors import Busy
+    from miyaq.gateway.answers import AnswerBudget
+
+    reasons: list[str] = []
+    budget = AnswerBudget(400, reasons.append)
+    assert budget.share == 100
+    big, small, other = b"a" * 150, b"b" * 60, b"c" * 60
+    first = budget.hold(big, "a")
+    again = budget.hold(big, "a")        # held already, by this client: nothing more
+    assert budget.held_by("a") == 150 and budget.held == 150
+    with pytest.raises(Busy, match=r"this client \(a\) holds 150 bytes.*its share.*100"):
+        budget.hold(small, "a")
+    assert reasons == ["answer_share"] and budget.held == 150 and budget.held_by("a") == 150
+    theirs = budget.hold(small, "b")
+    mine_too = budget.hold(small, "b")
+    assert budget.held == 210 and budget.held_by("b") == 60
+    with pytest.raises(Busy, match="its share"):
+        budget.hold(other, "b")           # 120 > 100
+    shown_to_a = None
+    first.close()
+    again.close()
+    assert budget.clients() == 1 and budget.held_by("a") == 0
+    shown_to_a = budget.hold(small, "a")      # held by b already: a's share counts it, the budget not again
+    assert budget.held == 60 and budget.held_by("a") == 60
+    for answer in (theirs, mine_too, shown_to_a):
+        answer.close()
+    assert budget.held == 0 and budget.clients() == 0
+
+    unshared = AnswerBudget(400, reasons.append, shared=False)
+    held_all = [unshared.hold(bytes([n]) * 100, "a") for n in range(4)]
+    assert unshared.held == 400 and unshared.share is None
+    for answer in held_all:
+        answer.close()
+    assert unshared.clients() == 0
