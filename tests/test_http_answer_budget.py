@@ -441,3 +441,70 @@ def test_a_clients_share_counts_its_distinct_answers_lets_its_first_go_and_refus
     for answer in held_all:
         answer.close()
     assert unshared.clients() == 0
+
+
+def test_an_answer_sure_to_be_refused_is_refused_before_it_is_built(make_http_node, monkeypatch):
+    """Fault: a client holding its share asks for more large answers --
+    a listing of 700 tasks, another task's result. Before the fix each was
+    built whole (a listing of 10,000 tasks with long URLs: 26.6 MB of JSON
+    made in the node's one thread) and only then refused. Where a bound on
+    the answer's size is known up front -- a listing's count of matching
+    tasks, a result's bytes -- it is refused first, unbuilt (503 busy, the
+    message saying "at least"); a listing that may be small still goes,
+    and another client gets both."""
+    from miyaq.gateway import tasks_api
+
+    node = make_http_node(http_answer_budget=8 * (RESULT + 100))     # a share of two answers and 200 bytes
+    engine = node.node.part("gateway").core.engine
+    with clients(node) as (api, opened):
+        for task_id in ("r1", "r2", "r3"):
+            finished(node, api, task_id)
+        for i in range(700):
+            assert api.post("/tasks", {"name": "n", "queue": "many", "countdown": 3600})[0] == 202
+        assert [status_of(ask(node, opened, "127.0.0.2", "GET", f"/tasks/r{i}/result")) for i in (1, 2)] == [200] * 2
+
+        built: list[str] = []
+        real_list, real_view = engine.list_tasks, tasks_api._view
+        monkeypatch.setattr(engine, "list_tasks", lambda *args: built.append("listing") or real_list(*args))
+        monkeypatch.setattr(tasks_api, "_view", lambda *args: built.append("result") or real_view(*args))
+        answers = [whole_answer(ask(node, opened, "127.0.0.2", "GET", path))
+                   for path in ("/tasks?queue=many&limit=10000", "/tasks/r3/result")]
+        assert built == [], "refused before it was built"
+        for status, _, body in answers:
+            error = json.loads(body)["error"]
+            assert status == 503 and "this answer of at least" in error["message"], (status, error)
+        assert 'miyaq_http_refused_total{reason="answer_share"} 2.0' in metrics_text(node.url)
+
+        status, _, body = whole_answer(ask(node, opened, "127.0.0.2", "GET", "/tasks?queue=many&limit=10"))
+        assert status == 200 and len(json.loads(body)["tasks"]) == 10, "a small listing is never refused"
+        status, body, _ = api.get("/tasks?queue=many&limit=10000")
+        assert status == 200 and len(body["tasks"]) == 700
+        status, body, _ = api.get("/tasks/r3/result")
+        assert status == 200 and body["result"] == "x" * RESULT
+
+
+def test_room_refuses_only_a_bound_past_a_small_answer_and_counts_nothing():
+    """AnswerBudget.room, without a node: a bound of SMALL_ANSWER or less is
+    never refused (the answer may turn out small); a larger one is refused
+    as hold would refuse an answer that size -- past the client's share or
+    the budget -- counting nothing held."""
+    from miyaq.errors import Busy
+    from miyaq.gateway.answers import SMALL_ANSWER, AnswerBudget, least_listing, least_result
+
+    reasons: list[str] = []
+    budget = AnswerBudget(8 * SMALL_ANSWER, reasons.append)
+    held_answer = budget.hold(b"a" * (2 * SMALL_ANSWER), "a")
+    budget.room(SMALL_ANSWER, "a")
+    budget.room(2 * SMALL_ANSWER, "b")
+    assert reasons == []
+    with pytest.raises(Busy, match="this answer of at least 65,537 would pass its share"):
+        budget.room(SMALL_ANSWER + 1, "a")
+    assert reasons == ["answer_share"] and budget.held == 2 * SMALL_ANSWER and budget.clients() == 1
+    others = [budget.hold(bytes([n]) * (2 * SMALL_ANSWER), f"c{n}") for n in range(3)]
+    with pytest.raises(Busy, match="at least 65,537 would pass its http_answer_budget"):
+        budget.room(SMALL_ANSWER + 1, "b")
+    assert reasons == ["answer_share", "answer_budget"]
+    for answer in (held_answer, *others):
+        answer.close()
+    assert budget.held == 0 and budget.clients() == 0
+    assert least_listing(0) == 0 and least_listing(10) > 10 * 90 and least_result(900) == 180

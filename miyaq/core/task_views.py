@@ -100,7 +100,7 @@ class TaskViews(Transitions):
         dead state is looked for among the dead only and a live one among the
         live. So a listing that matches little does not walk the whole table
         while the node's other work waits."""
-        wanted = min(limit, self._matching(queue, state))
+        wanted = min(limit, self.matching(queue, state))
         out: list[dict[str, Any]] = []
         if wanted <= 0:
             return out
@@ -118,8 +118,10 @@ class TaskViews(Transitions):
                         return out
         return out
 
-    def _matching(self, queue: str | None, state: str | None) -> int:
-        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the counts."""
+    def matching(self, queue: str | None, state: str | None) -> int:
+        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the
+        counts: what a listing of them finds (the gateway bounds its answer
+        with it before building it: :func:`miyaq.gateway.answers.least_listing`)."""
         if state is not None and state not in LISTED_STATES:
             return 0
         states = LISTED_STATES if state is None else (state,)

@@ -19,6 +19,7 @@ from miyaq.constants import HTTP_ACK_WAIT
 from miyaq.core.limits import Limit
 from miyaq.core.view_rows import json_in_slices
 from miyaq.errors import InvalidField
+from miyaq.gateway.answers import least_listing
 from miyaq.gateway.openapi import build
 from miyaq.gateway.permissions import may
 from miyaq.gateway.request import Request, Response, json_response
@@ -26,6 +27,7 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
 from miyaq.runtime import green, wall
 from miyaq.security.roles import Role
+from miyaq.store.task import DEAD
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -178,6 +180,7 @@ class AdminApi:
         if queue is not None:
             check_queue(queue)
         limit = request.arg_integer("limit", 100, 1, 10_000)
+        self.gateway.room_for(request, least_listing(min(limit, self.engine.matching(queue, DEAD))))
         return json_response({"tasks": self.engine.dead_list(queue, limit)})
 
     def retry_dead(self, queue: str | None, ids: list[str] | None) -> list[str]:

@@ -56,12 +56,22 @@ Hub thread only.
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 
 from miyaq.errors import Busy
 
 #: An answer of at most this many bytes is written without being counted.
 SMALL_ANSWER = 64 * 1024
+
+#: The shortest JSON a task's header can have in a listing (:meth:`miyaq.store.task.Task.header`:
+#: these keys are always there, each value at least a character; a comma between two).
+LEAST_HEADER = len(json.dumps({key: 0 for key in ("id", "queue", "state", "priority", "eta", "created", "attempt",
+                                                   "max_retries", "timeout")}, separators=(",", ":"))) + 1
+#: A result or payload of N bytes of msgpack is at least N / this bytes of
+#: JSON: the worst is an array of 9-byte integers 0 (``0,``: 4.5 to 1); a
+#: value JSON cannot hold goes as base64, longer than its bytes.
+MSGPACK_PER_JSON = 5
 
 #: One client holds at most the budget divided by this (a quarter): four
 #: clients that read nothing hold it all, one leaves three quarters to the others.
@@ -97,26 +107,42 @@ class AnswerBudget:
         key = id(body)
         size = len(body)
         mine = self._clients.get(client)
-        if self.share is not None and mine is not None and key not in mine.bodies \
-                and mine.held + size > self.share:
-            self.refused("answer_share")
-            raise Busy(f"this client ({client or 'unknown'}) holds {mine.held:,} bytes of answers it has not "
-                       f"taken yet; this answer of {size:,} would pass its share of the gateway's "
-                       f"http_answer_budget, {self.share:,} (a quarter): read the answers asked for, or ask "
-                       "for fewer at once, and retry")
         holders = self._holders.get(key)
+        self._refuse_past(size, client, mine, mine is None or key not in mine.bodies, holders is None)
         if holders is None:
-            if self.held and self.held + size > self.limit:
-                self.refused("answer_budget")
-                raise Busy(f"the gateway holds {self.held:,} bytes of answers its clients have not taken yet; "
-                           f"this answer of {size:,} would pass its http_answer_budget of {self.limit:,} "
-                           "(--http-answer-budget): retry shortly")
             self.held += size
         self._holders[key] = (holders or 0) + 1
         if mine is None:
             mine = self._clients[client] = ClientHold()
         mine.take(key, size)
         return HeldAnswer(body, self, client)
+
+    def room(self, least: int, client: str) -> None:
+        """Before an answer is built: :class:`~miyaq.errors.Busy` (counted
+        as :meth:`hold` counts it) if one of at least ``least`` bytes -- a
+        bound its builder is sure of -- would be refused now, so the node
+        does not spend the building on it. Only for an answer that will be
+        a new object (one held already may still go: :meth:`hold` decides
+        it); a bound of ``SMALL_ANSWER`` or less refuses nothing."""
+        if least > SMALL_ANSWER:
+            self._refuse_past(least, client, self._clients.get(client), True, True, at_least=True)
+
+    def _refuse_past(self, size: int, client: str, mine: ClientHold | None, new_to_client: bool, new: bool,
+                     at_least: bool = False) -> None:
+        """Busy, counted, if ``size`` bytes more (``new_to_client``: to this
+        client's; ``new``: to all) would pass the client's share or the
+        limit; ``at_least``: ``size`` is a bound, not the answer's size."""
+        if self.share is not None and mine is not None and new_to_client and mine.held + size > self.share:
+            self.refused("answer_share")
+            raise Busy(f"this client ({client or 'unknown'}) holds {mine.held:,} bytes of answers it has not "
+                       f"taken yet; this answer of {'at least ' if at_least else ''}{size:,} would pass its "
+                       f"share of the gateway's http_answer_budget, {self.share:,} (a quarter): read the "
+                       "answers asked for, or ask for fewer at once, and retry")
+        if new and self.held and self.held + size > self.limit:
+            self.refused("answer_budget")
+            raise Busy(f"the gateway holds {self.held:,} bytes of answers its clients have not taken yet; "
+                       f"this answer of {'at least ' if at_least else ''}{size:,} would pass its "
+                       f"http_answer_budget of {self.limit:,} (--http-answer-budget): retry shortly")
 
     def give(self, body: bytes, client: str) -> None:
         """One holder of ``body``, of ``client``, is done with it."""
@@ -139,6 +165,16 @@ class AnswerBudget:
     def clients(self) -> int:
         """How many clients hold an answer now (the entries kept)."""
         return len(self._clients)
+
+
+def least_listing(tasks: int) -> int:
+    """The fewest bytes of a listing's answer of ``tasks`` task headers."""
+    return tasks * LEAST_HEADER
+
+
+def least_result(packed: int) -> int:
+    """The fewest bytes of the JSON that shows a msgpack value of ``packed`` bytes."""
+    return packed // MSGPACK_PER_JSON
 
 
 class ClientHold:

@@ -347,6 +347,14 @@ class Gateway:
             raise
         return answer
 
+    def room_for(self, request: Request, least: int) -> None:
+        """Before a handler builds an answer of at least ``least`` bytes
+        (a bound it is sure of): refused 503 ``busy`` (Busy) now, unbuilt,
+        if it could not be held (:meth:`AnswerBudget.room`). A HEAD's
+        answer has no body to hold: never refused."""
+        if request.method != "HEAD":
+            self.answers.room(least, request.client)
+
     def _screen(self, request: Request) -> None:
         """Refuse (403) a request whose ``Host`` an open gateway on loopback
         does not answer to, and a state-changing one another site's page sent

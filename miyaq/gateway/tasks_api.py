@@ -43,6 +43,7 @@ from miyaq.runtime import green, monotonic, wall
 from miyaq.protocol.taskspec import MAX_KEY, check_id, check_queue, task_from_wire
 from miyaq.store.task import ALL_STATES, DEAD, FINAL_STATES
 from miyaq.gateway import convert
+from miyaq.gateway.answers import least_listing, least_result
 from miyaq.gateway.errors import ClientClosedRequest
 from miyaq.gateway.hangup import wait_unless_hung_up
 from miyaq.gateway.submit import submit_task
@@ -189,6 +190,7 @@ class TasksApi:
         if state is not None and state not in ALL_STATES:
             raise InvalidField(f"query parameter 'state' must be one of {', '.join(ALL_STATES)}", field="state")
         limit = request.arg_integer("limit", 100, 1, 10_000)
+        self.gateway.room_for(request, least_listing(min(limit, self.engine.matching(queue, state))))
         return json_response({"tasks": self.engine.list_tasks(queue, state, limit)})
 
     def result(self, request: Request) -> Response:
@@ -218,16 +220,18 @@ class TasksApi:
             if state is None:       # handed off while we waited: another holder has it
                 raise self.not_held(placement, f"no task {task_id} here any more (moved to other holders)")
             answer = {"state": state}
-        return self.shown(task_id, answer)
+        return self.shown(task_id, answer, request)
 
-    def shown(self, task_id: str, answer: dict[str, Any]) -> Response:
+    def shown(self, task_id: str, answer: dict[str, Any], request: Request | None = None) -> Response:
         """The response showing ``answer``: one with a result of
         ``SHARED_VIEW_FROM`` bytes or more is converted once for all who ask
         while it is the last such shown (the same result object, state and
         error). Each conversion decodes the result, walks it and writes its
         JSON: before 2026-12-07 each caller's, and a result of a million
         empty arrays (1 MB) took 0.75 s of the node's one thread per caller
-        -- 500 long-polls of one task took minutes of it when it finished."""
+        -- 500 long-polls of one task took minutes of it when it finished.
+        One to be converted for ``request`` is refused first if the
+        gateway has no room for its answer (:meth:`Gateway.room_for`)."""
         raw = answer.get("result")
         if not isinstance(raw, bytes) or len(raw) < SHARED_VIEW_FROM:
             return json_response(_view(task_id, answer))
@@ -235,6 +239,8 @@ class TasksApi:
         if (kept is not None and kept[0] == task_id and kept[1].get("result") is raw
                 and kept[1].get("state") == answer.get("state") and kept[1].get("error") == answer.get("error")):
             return Response(kept[2].status, kept[2].body, list(kept[2].headers))
+        if request is not None:
+            self.gateway.room_for(request, least_result(len(raw)))
         response = json_response(_view(task_id, answer))
         self._shown = (task_id, answer, response)
         return response
