@@ -425,7 +425,6 @@ def test_a_clients_share_counts_its_distinct_answers_lets_its_first_go_and_refus
     assert budget.held == 210 and budget.held_by("b") == 60
     with pytest.raises(Busy, match="its share"):
         budget.hold(other, "b")           # 120 > 100
-    shown_to_a = None
     first.close()
     again.close()
     assert budget.clients() == 1 and budget.held_by("a") == 0
@@ -453,6 +452,7 @@ def test_an_answer_sure_to_be_refused_is_refused_before_it_is_built(make_http_no
     message saying "at least"); a listing that may be small still goes,
     and another client gets both."""
     from miyaq.gateway import tasks_api
+    from miyaq.gateway.answers import SMALL_ANSWER, least_listing, least_result
 
     node = make_http_node(http_answer_budget=8 * (RESULT + 100))     # a share of two answers and 200 bytes
     engine = node.node.part("gateway").core.engine
@@ -461,6 +461,10 @@ def test_an_answer_sure_to_be_refused_is_refused_before_it_is_built(make_http_no
             finished(node, api, task_id)
         for i in range(700):
             assert api.post("/tasks", {"name": "n", "queue": "many", "countdown": 3600})[0] == 202
+        for i in range(5):     # webhook tasks, with a URL and a key the bound counts
+            status, _, _ = api.post("/queue/many", {"url": f"https://example.com/{'u' * 2000}", "countdown": 3600,
+                                                    "key": f"k{i}" * 100})
+            assert status in (200, 202)
         assert [status_of(ask(node, opened, "127.0.0.2", "GET", f"/tasks/r{i}/result")) for i in (1, 2)] == [200] * 2
 
         built: list[str] = []
@@ -477,10 +481,13 @@ def test_an_answer_sure_to_be_refused_is_refused_before_it_is_built(make_http_no
 
         status, _, body = whole_answer(ask(node, opened, "127.0.0.2", "GET", "/tasks?queue=many&limit=10"))
         assert status == 200 and len(json.loads(body)["tasks"]) == 10, "a small listing is never refused"
-        status, body, _ = api.get("/tasks?queue=many&limit=10000")
-        assert status == 200 and len(body["tasks"]) == 700
-        status, body, _ = api.get("/tasks/r3/result")
+        status, body, headers = api.get("/tasks?queue=many&limit=10000")
+        assert status == 200 and len(body["tasks"]) == 705
+        least = least_listing(engine.listed("many", None, 10_000))
+        assert SMALL_ANSWER < least <= int(headers["content-length"]), "the bound is one"
+        status, body, headers = api.get("/tasks/r3/result")
         assert status == 200 and body["result"] == "x" * RESULT
+        assert SMALL_ANSWER < least_result(RESULT) <= int(headers["content-length"])
 
 
 def test_room_refuses_only_a_bound_past_a_small_answer_and_counts_nothing():
@@ -507,4 +514,27 @@ def test_room_refuses_only_a_bound_past_a_small_answer_and_counts_nothing():
     for answer in (held_answer, *others):
         answer.close()
     assert budget.held == 0 and budget.clients() == 0
-    assert least_listing(0) == 0 and least_listing(10) > 10 * 90 and least_result(900) == 180
+    assert least_listing([]) == 0 and least_result(900) == 180
+
+
+def test_the_bound_on_a_results_json_holds_for_the_densest_msgpack():
+    """least_result is a bound, never more than the JSON: checked on the
+    values whose msgpack is longest against their JSON -- 9-byte integers
+    and floats of 0 (``0,``, ``0.0,``), 5-byte empty strings and arrays --
+    and on bytes that are no msgpack (shown as base64)."""
+    import msgpack
+
+    from miyaq.gateway import convert
+    from miyaq.gateway.answers import least_result
+
+    n = 20_000
+    dense = [b"\xcf" + bytes(8), b"\xd3" + bytes(8), b"\xcb" + bytes(8), b"\xdb" + bytes(4), b"\xdd" + bytes(4),
+             b"\xdf" + bytes(4), b"\xc0"]
+    values = [b"\xdd" + n.to_bytes(4, "big") + item * n for item in dense]
+    values.append(b"\xdf" + n.to_bytes(4, "big") + b"".join(b"\xdb" + (5).to_bytes(4, "big") + f"{i:05d}".encode()
+                                                            + b"\xcf" + bytes(8) for i in range(n)))
+    values += [b"\xc1" * n, msgpack.packb([b"x" * 100] * n)]
+    for packed in values:
+        shown = json.dumps({"id": "t", "state": "done", "done": True, **convert.result_fields(packed)},
+                           separators=(",", ":"), ensure_ascii=False).encode()
+        assert least_result(len(packed)) <= len(shown), packed[:12]

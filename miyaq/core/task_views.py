@@ -4,7 +4,7 @@
 the per-queue counts from the engine's state (:mod:`miyaq.core.transitions`);
 :class:`~miyaq.core.engine.Engine` inherits it. Nothing here changes a task
 or a count. A listing is bounded by its ``limit`` and walks only what can
-match (:meth:`TaskViews.list_tasks`), so a view never holds the node's event
+match (:meth:`TaskViews.listed`), so a view never holds the node's event
 loop for a walk of the whole table. No I/O; none blocks.
 
 A running task's header gains when its current attempt was leased
@@ -90,9 +90,23 @@ class TaskViews(Transitions):
     # -- listings ---------------------------------------------------------------
     def dead_list(self, queue: str | None, limit: int) -> list[dict[str, Any]]:
         """The headers of up to ``limit`` dead tasks of ``queue`` (None: all)."""
-        return [task.header() for task, _ in zip(self.table.iter_dead(queue), range(limit))]
+        return [task.header() for task in self.dead_listed(queue, limit)]
+
+    def dead_listed(self, queue: str | None, limit: int) -> list[Task]:
+        """The tasks :meth:`dead_list` shows (the gateway bounds its answer with them first)."""
+        return [task for task, _ in zip(self.table.iter_dead(queue), range(limit))]
 
     def list_tasks(self, queue: str | None, state: str | None, limit: int) -> list[dict[str, Any]]:
+        """The headers of :meth:`listed`."""
+        return self.headers(self.listed(queue, state, limit))
+
+    def headers(self, tasks: list[Task]) -> list[dict[str, Any]]:
+        """Each task's :meth:`task_header`, the wall clock read once for them all
+        (10,000 running tasks read it 10,000 times before)."""
+        now = wall()
+        return [self.task_header(task, now) for task in tasks]
+
+    def listed(self, queue: str | None, state: str | None, limit: int) -> list[Task]:
         """Up to ``limit`` live tasks, then dead ones, of ``queue`` in ``state``
         (None: any). Walks only what can match, and no further than the last
         match: the counts per queue and state say how many there are (none:
@@ -101,7 +115,7 @@ class TaskViews(Transitions):
         live. So a listing that matches little does not walk the whole table
         while the node's other work waits."""
         wanted = min(limit, self.matching(queue, state))
-        out: list[dict[str, Any]] = []
+        out: list[Task] = []
         if wanted <= 0:
             return out
         sources: list[Iterable[Task]] = []
@@ -109,19 +123,16 @@ class TaskViews(Transitions):
             sources.append(self.table.live.values())
         if state is None or state == DEAD:
             sources.append(self.table.dead.values())
-        now = wall()        # once for the listing: 10,000 running tasks read it 10,000 times before
         for source in sources:
             for task in source:
                 if (queue is None or task.queue == queue) and (state is None or task.state == state):
-                    out.append(self.task_header(task, now))
+                    out.append(task)
                     if len(out) >= wanted:
                         return out
         return out
 
     def matching(self, queue: str | None, state: str | None) -> int:
-        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the
-        counts: what a listing of them finds (the gateway bounds its answer
-        with it before building it: :func:`miyaq.gateway.answers.least_listing`)."""
+        """Live and dead tasks of ``queue`` in ``state`` (None: any), by the counts."""
         if state is not None and state not in LISTED_STATES:
             return 0
         states = LISTED_STATES if state is None else (state,)

@@ -27,7 +27,6 @@ from miyaq.protocol import fields as f
 from miyaq.protocol.taskspec import check_queue
 from miyaq.runtime import green, wall
 from miyaq.security.roles import Role
-from miyaq.store.task import DEAD
 
 if TYPE_CHECKING:
     from .server import Gateway
@@ -180,8 +179,9 @@ class AdminApi:
         if queue is not None:
             check_queue(queue)
         limit = request.arg_integer("limit", 100, 1, 10_000)
-        self.gateway.room_for(request, least_listing(min(limit, self.engine.matching(queue, DEAD))))
-        return json_response({"tasks": self.engine.dead_list(queue, limit)})
+        tasks = self.engine.dead_listed(queue, limit)
+        self.gateway.room_for(request, least_listing(tasks))     # refused unbuilt if it could not be held
+        return json_response({"tasks": [task.header() for task in tasks]})
 
     def retry_dead(self, queue: str | None, ids: list[str] | None) -> list[str]:
         """Put dead tasks back (``ids``, or every one of ``queue``, or all); the ids retried,

@@ -60,12 +60,14 @@ import json
 from collections.abc import Callable, Iterator
 
 from miyaq.errors import Busy
+from miyaq.store.task import Task
 
 #: An answer of at most this many bytes is written without being counted.
 SMALL_ANSWER = 64 * 1024
 
 #: The shortest JSON a task's header can have in a listing (:meth:`miyaq.store.task.Task.header`:
-#: these keys are always there, each value at least a character; a comma between two).
+#: these keys are always there, each value at least a character; a comma between two),
+#: its strings left out (:func:`least_listing` adds them).
 LEAST_HEADER = len(json.dumps({key: 0 for key in ("id", "queue", "state", "priority", "eta", "created", "attempt",
                                                    "max_retries", "timeout")}, separators=(",", ":"))) + 1
 #: A result or payload of N bytes of msgpack is at least N / this bytes of
@@ -167,9 +169,16 @@ class AnswerBudget:
         return len(self._clients)
 
 
-def least_listing(tasks: int) -> int:
-    """The fewest bytes of a listing's answer of ``tasks`` task headers."""
-    return tasks * LEAST_HEADER
+def least_listing(tasks: list[Task]) -> int:
+    """The fewest bytes of a listing's answer showing ``tasks``: each header's
+    fixed keys and its strings -- id, queue, state, name, URL, key -- that
+    JSON writes whole, with quotes and escapes on top (a walk of lengths,
+    far cheaper than the headers and their JSON)."""
+    least = len(tasks) * LEAST_HEADER
+    for task in tasks:
+        least += len(task.id) + len(task.queue) + len(task.state) + len(task.name or "") + len(task.url or "") \
+            + len(task.key or "")
+    return least
 
 
 def least_result(packed: int) -> int:

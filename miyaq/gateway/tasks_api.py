@@ -190,8 +190,9 @@ class TasksApi:
         if state is not None and state not in ALL_STATES:
             raise InvalidField(f"query parameter 'state' must be one of {', '.join(ALL_STATES)}", field="state")
         limit = request.arg_integer("limit", 100, 1, 10_000)
-        self.gateway.room_for(request, least_listing(min(limit, self.engine.matching(queue, state))))
-        return json_response({"tasks": self.engine.list_tasks(queue, state, limit)})
+        tasks = self.engine.listed(queue, state, limit)
+        self.gateway.room_for(request, least_listing(tasks))     # refused unbuilt if it could not be held
+        return json_response({"tasks": self.engine.headers(tasks)})
 
     def result(self, request: Request) -> Response:
         task_id = check_id(request.params["id"])
