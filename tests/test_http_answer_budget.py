@@ -184,9 +184,10 @@ def test_an_answer_not_taken_within_the_body_timeout_is_given_back(make_http_nod
     cuts it (send_timeout) and its answer's bytes are given back."""
     node = make_http_node(http_answer_budget=BUDGET, http_body_timeout=1.0)
     with clients(node) as (api, opened):
-        size = finished(node, api, "r1")
-        ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")
-        wait_for(lambda: held(node) == size, "the unread answer counted")
+        finished(node, api, "r1")
+        # its status line comes after the count (polling for the count instead
+        # missed it once, on a loaded machine: the send deadline had passed)
+        assert status_of(ask(node, opened, "127.0.0.2", "GET", "/tasks/r1/result")) == 200
         wait_for(lambda: held(node) == 0, "the answer cut for its send deadline given back")
         assert 'miyaq_http_refused_total{reason="send_timeout"} 1.0' in metrics_text(node.url)
 
