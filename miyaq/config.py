@@ -93,10 +93,11 @@ class NodeConfig(Settings):
     http_answer_budget: int = setting(256 * 1024 * 1024, "bytes of HTTP answers over 64 KiB built and not yet "
                                       "taken by their clients, over all connections; a new one that would pass it "
                                       "is answered 503 busy (one answer alone always goes: 0 sends one "
-                                      "at a time)")
+                                      "at a time); one client address holds at most a quarter of it")
     http_max_connections: int = setting(1024, "most HTTP connections served at once")
     http_max_client_connections: int = setting(128, "most HTTP connections from one client address at once; more "
-                                                 "are answered 503 (0: no cap; raise it behind a proxy)")
+                                                 "are answered 503 (0: no cap, and no client's share of "
+                                                 "http_answer_budget; raise it behind a proxy)")
     http_header_timeout: float = setting(10.0, "seconds an HTTP client has to send a request's line and headers "
                                             "(and its TLS handshake); then 408 and the connection closes")
     http_body_timeout: float = setting(30.0, "seconds an HTTP client has to send a request's body; then 408 and "
