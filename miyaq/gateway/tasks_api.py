@@ -223,7 +223,7 @@ class TasksApi:
             answer = {"state": state}
         return self.shown(task_id, answer, request)
 
-    def shown(self, task_id: str, answer: dict[str, Any], request: Request | None = None) -> Response:
+    def shown(self, task_id: str, answer: dict[str, Any], request: Request) -> Response:
         """The response showing ``answer``: one with a result of
         ``SHARED_VIEW_FROM`` bytes or more is converted once for all who ask
         while it is the last such shown (the same result object, state and
@@ -240,8 +240,7 @@ class TasksApi:
         if (kept is not None and kept[0] == task_id and kept[1].get("result") is raw
                 and kept[1].get("state") == answer.get("state") and kept[1].get("error") == answer.get("error")):
             return Response(kept[2].status, kept[2].body, list(kept[2].headers))
-        if request is not None:
-            self.gateway.room_for(request, least_result(len(raw)))
+        self.gateway.room_for(request, least_result(len(raw)))
         response = json_response(_view(task_id, answer))
         self._shown = (task_id, answer, response)
         return response
