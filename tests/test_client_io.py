@@ -188,7 +188,10 @@ def test_lone_submits_at_a_steady_rate_are_acknowledged_without_waking_the_io_th
     """A lone submit's acknowledgement is left in the socket for the next
     caller on the short path to read before it sends: at a steady rate of
     lone submits the I/O thread is not woken once per acknowledgement. The
-    last one, which no caller came to read, is read when flush() waits."""
+    last one, which no caller came to read, is read when flush() waits --
+    unless it came back before its own caller looked for acknowledgements
+    just after sending it (a caller descheduled between the two on a loaded
+    machine: CI, 2026-12-08), when that caller read it."""
     io = _asleep_for_long(client, monkeypatch)
     readers = _readers(io)
     me = threading.current_thread().name
@@ -200,10 +203,12 @@ def test_lone_submits_at_a_steady_rate_are_acknowledged_without_waking_the_io_th
         time.sleep(2 * client_io.SHORT_PATH_GAP)      # lone submits, not a stream
     # The first lone submit wakes the thread (it slept longer than the lazy
     # wait): the first acknowledgement may be read by either.
-    assert len(readers) == 9 and readers[1:] == [me] * 8
-    assert all(h.accepted for h in handles[:9]) and not handles[9].accepted
+    assert len(readers) in (9, 10) and readers[1:] == [me] * (len(readers) - 1), readers
+    assert all(h.accepted for h in handles[:9]) and handles[9].accepted == (len(readers) == 10)
+    read_by_its_caller = len(readers) == 10
     client.flush(timeout=10)
-    assert handles[9].accepted and readers[9:] == ["miyaq-client-io"]
+    assert handles[9].accepted and len(readers) == 10
+    assert read_by_its_caller or readers[9] == "miyaq-client-io", readers
 
 
 def test_an_acknowledgement_no_caller_reads_is_read_when_the_lazy_wait_ends(client, monkeypatch):
