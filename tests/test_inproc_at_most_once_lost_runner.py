@@ -19,7 +19,6 @@ from tests.test_inproc_standby import _ask_result
 pytestmark = pytest.mark.timeout(120)
 
 NODES = ("n1", "n2", "n3")
-ERROR = {"type": "Boom", "message": "the handler failed"}
 LEASE = 60.0
 
 
@@ -113,14 +112,12 @@ def test_the_runners_own_finish_drops_the_placeholders_lease(inproc):
 
 def test_an_at_most_once_task_whose_runner_died_and_no_report_came_never_runs_again(inproc):
     """Fault: n1 dies running an at-most-once task and its worker's report
-    never comes (the worker died too), or is a FAILED (a placeholder has no
-    payload to dead-letter: docs/cluster.md, item 6). The placeholders on
-    n2 and n3 stay ``started-elsewhere`` past the lease and every offset
-    (until their tombstone's ``result_ttl``): the task is never started a
-    second time, and RESULT on them answers ``not_found``."""
+    never comes (the worker died too). The placeholders on n2 and n3 stay
+    ``started-elsewhere`` past the lease and every offset (until their
+    tombstone's ``result_ttl``): the task is never started a second time,
+    and RESULT on them answers ``not_found``. (A FAILED from the worker
+    dead-letters it: tests/test_inproc_at_most_once_failed.py.)"""
     cluster, task_id, workers = _runner_lost_while_it_runs(inproc)
-    worker = workers["n1"]
-    assert not worker.fail_at(cluster["n2"].node, task_id, 1, ERROR, retry=False)
     cluster.advance(LEASE + 4 * cluster.settings["replica_offset"])
     cluster.settle(0.2)
     for node in ("n2", "n3"):

@@ -40,9 +40,13 @@ it to this holder if the runner's node dies; older nodes send five elements),
 finished (also forwarded by a coordinator that learnt it from a holder's
 answer to REPLICATE: :meth:`EventPublisher.forward_finished`),
 ``["R", id, attempt, eta, error]`` waiting for the next attempt (eta 0: at once),
-``["D", id, attempt, error]`` dead, ``["V", id, revivals?]`` revived (how many
+``["D", id, attempt, error, record?]`` dead, ``["V", id, revivals?]`` revived (how many
 times in all: :func:`~miyaq.store.task.revivals`), ``["P", id]`` purged. The
-items marked ``?`` came on 2026-12-05; older nodes neither send nor read them.
+items marked ``?`` came on 2026-12-05 (``record``: 2026-12-08); older nodes
+neither send nor read them. A ``D`` event's ``record`` is that of a dead
+letter whose arguments were lost (:func:`lost_record`): an at-most-once
+task's other holders have only a ``started-elsewhere`` placeholder, which
+becomes that dead letter (:func:`_dead_without_args`).
 """
 from __future__ import annotations
 
@@ -63,11 +67,11 @@ from miyaq.core.attempts import note_lessee
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event
-from miyaq.protocol.recordspec import Outcome
+from miyaq.protocol.recordspec import Outcome, task_from_record
 from miyaq.runtime import monotonic, wall
-from miyaq.store.records import latest_lessee
+from miyaq.store.records import latest_lessee, task_record
 from miyaq.store.table import Tombstone, error_bytes
-from miyaq.store.task import NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals
+from miyaq.store.task import NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, args_lost, revivals
 
 if TYPE_CHECKING:
     from miyaq.cluster.role import ClusterRole
@@ -151,7 +155,10 @@ class EventPublisher(EngineListener):
         self._emit(task, ["R", task.id, task.attempt, 0.0, task.error])
 
     def task_dead(self, task: Task) -> None:
-        self._emit(task, ["D", task.id, task.attempt, task.error])
+        event = ["D", task.id, task.attempt, task.error]
+        if args_lost(task) is not None:
+            event.append(lost_record(task))     # the other holders have only a placeholder
+        self._emit(task, event)
 
     def task_revived(self, task: Task) -> None:
         self._emit(task, ["V", task.id, revivals(task)])
@@ -255,13 +262,16 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
                 continue
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
-                if op == "S" and len(ev) > 4 and ev[4] and task_id in table.tombstones:
+                if op == "D" and len(ev) > 4 and ev[4] is not None and task_id in table.tombstones:
+                    _dead_without_args(role, src, ev, now)     # its placeholder here: the lost node's failure
+                elif op == "S" and len(ev) > 4 and ev[4] and task_id in table.tombstones:
                     # An at-most-once placeholder's runner leased the attempt again (given back unstarted)
                     engine.lease_placeholder_again(task_id, ev[2], ev[5] if len(ev) > 5 else None)
                 elif ((op == "S" and len(ev) >= 4) or op == "D") and task_id not in table.tombstones:
                     # Its copy is on its way (REPLICATE, handoff). With a tombstone
                     # here none will be installed: nothing would take the event.
-                    role.events.hold_early(src, ev)
+                    # (a D event's record left out: the copy that comes has its arguments)
+                    role.events.hold_early(src, ev[:4] if op == "D" else ev)
                 elif op == "V":
                     role.events.take_early(task_id)     # revived: an earlier D no longer holds
                 elif op == "R":
@@ -299,6 +309,38 @@ def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
     """Another holder dead-lettered the task (a ``D`` event): so is this copy."""
     task.attempt = ev[2]
     role.engine.kill_copy(task, ev[3])
+
+
+def lost_record(task: Task) -> dict[str, Any]:
+    """The record a ``D`` event carries of ``task``, a dead letter whose
+    arguments were lost (:data:`~miyaq.store.task.ARGS_LOST`): its ``A``
+    record without the body (it has none) and the error (the event's own)."""
+    record = task_record(task)
+    record.pop("body", None)
+    record.pop("error", None)
+    return record
+
+
+def _dead_without_args(role: ClusterRole, src: str, ev: list[Any], now: float) -> None:
+    """Another holder dead-lettered an at-most-once task without its
+    arguments (its runner's node was lost, and the worker's FAILED came
+    there: :meth:`~miyaq.core.placeholders.Placeholders.fail_placeholder`),
+    its ``D`` event carrying the dead letter's record: this node's
+    ``started-elsewhere`` placeholder becomes that dead letter. A record
+    that does not pass the checks a SUBMIT's copy passes, or is not of
+    such a dead letter of the event's task, is refused and counted; any
+    other tombstone here (the task ended otherwise) is left as it is."""
+    try:
+        task = task_from_record(ev[4], role.config)
+        if task.id != ev[1] or not task.at_most_once or args_lost(task) is None:
+            raise InvalidField("a DEAD event's record must be its at-most-once task's, its arguments lost",
+                               field="event")
+    except InvalidField as err:
+        role.refusals.refuse("stream", src, err)
+        return
+    task.attempt, task.error = ev[2], ev[3]
+    task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
+    role.engine.dead_without_args(task, now)
 
 
 def counts_duplicate(me: str, other: str, holders: Sequence[str]) -> bool:
@@ -349,7 +391,7 @@ def _started_elsewhere(role: ClusterRole, src: str, task: Task, ev: list[Any], n
         _running_twice(role, src, task, attempt)
         return
     if n > 4 and ev[4]:     # at most once: a placeholder, which takes the lessee's DONE if the runner dies
-        role.engine.start_elsewhere(task, attempt, ev[5] if n > 5 else None, now)
+        role.engine.start_elsewhere(task, attempt, ev[5] if n > 5 else None, now, src)
         return
     if attempt > task.attempt:
         task.attempt = attempt

@@ -26,7 +26,7 @@ from miyaq.protocol.commands import DUPLICATE
 from miyaq.protocol.recordrow import ROW_KEYS, task_from_row
 from miyaq.protocol.recordspec import MAX_TIME, task_from_record
 from miyaq.store.task import (
-    CANCELLED, DEAD, NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, revivals,
+    CANCELLED, DEAD, NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, args_lost, revivals,
 )
 
 if TYPE_CHECKING:
@@ -116,6 +116,16 @@ class CopyInstaller:
             # every holder from the resyncs.
             return True
         if task.id in table.tombstones:     # (no Tombstone built only to be dropped)
+            if task.state == DEAD and args_lost(task) is not None:
+                # Another holder dead-lettered an at-most-once task without its
+                # arguments (its runner's node lost) and this node missed the D
+                # event: its started-elsewhere placeholder becomes that dead
+                # letter (any other tombstone stays: miyaq.core.placeholders).
+                task.holders = tuple(holders)
+                task.rank = holders.index(role.node_id)
+                with role.events.applying_remote():
+                    engine.dead_without_args(task, now)
+                return True
             # Over already: not stored. If this node heard the end first (no
             # copy then), the copy is counted now, as a stored one would be;
             # a tombstone made without the key (a cancel ahead of the copy

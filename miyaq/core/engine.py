@@ -255,11 +255,15 @@ class Engine(ReplicaCopies, TaskViews, DeadLetters, Restore):
         :meth:`~miyaq.core.replicas.ReplicaCopies.take_over`) is ignored, as
         a late FAILED is after a lease lost here; a late DONE finishes the
         dead task (:meth:`complete`), here as on a single node. An
-        at-most-once task's ``started-elsewhere`` placeholder refuses it:
-        it holds no payload to dead-letter (its lessee's DONE it takes:
-        :mod:`miyaq.core.placeholders`)."""
+        at-most-once task's ``started-elsewhere`` placeholder takes its
+        lessee's FAILED as it takes its DONE: the task is dead-lettered,
+        without its arguments, which were lost with the runner's node
+        (:meth:`~miyaq.core.placeholders.Placeholders.fail_placeholder`;
+        before 2026-12-08 it was refused and the failure lost)."""
         task = self.table.live.get(task_id)
-        if task is None or task.attempt != attempt:
+        if task is None:     # an at-most-once task's placeholder takes its lessee's FAILED
+            return self.fail_placeholder(task_id, attempt, error, now, by)
+        if task.attempt != attempt:
             return False   # stale: that attempt was already given up on
         standby = task.state != RUNNING
         if standby and (by is None or not task.standby or task.state not in (SCHEDULED, RETRYING)):

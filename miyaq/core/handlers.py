@@ -299,7 +299,7 @@ class ServiceHandlers:
     def _ids(self, body: dict[str, Any], queue: str | None) -> list[str]:
         ids = f.string_list(body, "ids", None, max_items=10_000, max_len=64)
         if ids is None:
-            ids = [t.id for t in self.engine.table.iter_dead(queue)]
+            ids = self.engine.retryable_dead(queue)     # not those whose arguments were lost
         return ids
 
     # -- pull consumers ----------------------------------------------------------------

@@ -16,9 +16,24 @@ nothing (``not_leased``). Before 2026-12-07 the placeholder took no report:
 the result was lost, and the task stayed ``started-elsewhere`` on every
 holder for its tombstone's life.
 
+A FAILED of that attempt from that lessee ends the task as a single node
+ends a failed at-most-once task: dead-lettered with the handler's error
+(:meth:`Placeholders.fail_placeholder`). The placeholder holds no payload,
+so the dead letter has none: it is marked with the node its arguments were
+lost with (``meta`` :data:`~miyaq.store.task.ARGS_LOST`), shown in its
+header, and a dead-letter retry refuses it (:mod:`miyaq.core.dead_letters`).
+Its ``D`` event carries the dead letter's record (no body), so the other
+holders' placeholders become the same dead letter
+(:meth:`Placeholders.dead_without_args`), as does a SYNC or handoff of it.
+Before 2026-12-08 the FAILED was refused: the failure was lost, and the task
+stayed ``started-elsewhere`` everywhere until ``result_ttl``.
+
 Bounded: at most :data:`MAX_PLACEHOLDER_LEASES` leases, the oldest dropped
 first (a report on a dropped one is refused, as before), each dropped when
-its placeholder is replaced. Memory only: a restarted holder's placeholders
+its placeholder is replaced. A lease keeps the task's interned
+:class:`~miyaq.store.task.Spec` (its handler name, for the dead letter of
+a FAILED; none for a webhook task, whose deliverer died with the runner):
+shared with every task of its kind, so most leases add nothing. Memory only: a restarted holder's placeholders
 (from its log) take no report. Part of the engine
 (:class:`~miyaq.core.engine.Engine` inherits it); no I/O, none blocks.
 """
@@ -27,10 +42,19 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import NamedTuple
 
+import logging
+from typing import Any
+
 from miyaq.config import NodeConfig
 from miyaq.core.transitions import Transitions
+from miyaq.logs import LogLimiter
+from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
-from miyaq.store.task import DONE, Task
+from miyaq.store.task import ARGS_LOST, DEAD, DONE, SCHEDULED, Spec, Task, args_lost, handler_label
+
+# The engine's logger (as miyaq.core.transitions): the dead letter of a
+# FAILED a placeholder took is logged under the name the engine's are.
+_log = LogLimiter(logging.getLogger("miyaq.core.engine"))
 
 #: Placeholder leases kept at most: one per at-most-once task that another
 #: holder runs now, as a placeholder's lease goes when the runner's finish
@@ -49,6 +73,8 @@ class PlaceholderLease(NamedTuple):
     lessee: str
     holders: tuple[str, ...]
     created: float
+    runner: str             # the node that sent the S event: the arguments are lost with it
+    spec: Spec | None       # the task's kind (None for a webhook task): a FAILED's dead letter needs its name
 
 
 class Placeholders(Transitions):
@@ -60,20 +86,21 @@ class Placeholders(Transitions):
         # id -> the lease its started-elsewhere placeholder takes a report of (oldest first)
         self.placeholder_leases: OrderedDict[str, PlaceholderLease] = OrderedDict()
 
-    def start_elsewhere(self, task: Task, attempt: int, lessee: str | None, now: float) -> None:
-        """Another holder started attempt ``attempt`` of the at-most-once
-        ``task``, leased to ``lessee`` (None: its node did not say): drop
-        this copy for a ``started-elsewhere`` placeholder of that attempt,
-        which keeps the lessee so it can take that worker's DONE
-        (:meth:`complete_placeholder`)."""
+    def start_elsewhere(self, task: Task, attempt: int, lessee: str | None, now: float, runner: str) -> None:
+        """Another holder, ``runner``, started attempt ``attempt`` of the
+        at-most-once ``task``, leased to ``lessee`` (None: its node did not
+        say): drop this copy for a ``started-elsewhere`` placeholder of that
+        attempt, which keeps the lessee so it can take that worker's DONE
+        (:meth:`complete_placeholder`) or FAILED (:meth:`fail_placeholder`)."""
         if attempt > task.attempt:
             task.attempt = attempt
         holders, created = task.holders, task.created
+        spec = task.spec if task.url is None else None
         self._finish(task, STARTED_ELSEWHERE, None, now)
         if lessee is not None:
             leases = self.placeholder_leases
             leases.pop(task.id, None)
-            leases[task.id] = PlaceholderLease(attempt, lessee, holders, created)
+            leases[task.id] = PlaceholderLease(attempt, lessee, holders, created, runner, spec)
             while len(leases) > MAX_PLACEHOLDER_LEASES:
                 leases.popitem(last=False)
 
@@ -100,6 +127,78 @@ class Placeholders(Transitions):
         if leases:
             leases.pop(task_id, None)
 
+    def _lease_of_report(self, task_id: str, attempt: int, by: str | None) -> PlaceholderLease | None:
+        """The lease of the ``started-elsewhere`` placeholder of ``task_id``
+        if it was of ``attempt`` and to ``by``; None, counted in
+        ``not_leased`` when a placeholder is there, for any other report."""
+        stone = self.table.tombstone(task_id)
+        if stone is None or stone.state != STARTED_ELSEWHERE:
+            return None
+        lease = self.placeholder_leases.get(task_id)
+        if by is None or lease is None or lease.attempt != attempt or lease.lessee != by:
+            self.not_leased += 1
+            return None
+        return lease
+
+    def fail_placeholder(self, task_id: str, attempt: int, error: dict[str, Any], now: float,
+                         by: str | None) -> bool:
+        """FAILED of ``attempt`` from ``by`` for a task this node holds only
+        a ``started-elsewhere`` placeholder of, taken as
+        :meth:`complete_placeholder` takes a DONE (the runner's node died,
+        and its worker reports here): an at-most-once task is never run
+        again, so the failure dead-letters it, retryable or not, with the
+        handler's ``error`` -- as a single node does. The placeholder has no
+        payload: the dead letter has none, marked with the node its
+        arguments were lost with (:data:`~miyaq.store.task.ARGS_LOST`), and
+        is never retried (:meth:`dead_without_args`). False, changing
+        nothing, for any other report (``not_leased``), for a webhook
+        task's placeholder (its lease keeps no spec) or when no placeholder
+        is."""
+        lease = self._lease_of_report(task_id, attempt, by)
+        if lease is None or lease.spec is None:
+            return False
+        stone = self.table.tombstone(task_id)
+        assert stone is not None       # _lease_of_report found it
+        task = Task.of(task_id, lease.spec, b"", lease.created, lease.created)
+        task.attempt = attempt
+        task.key = stone.key
+        task.holders = lease.holders
+        task.meta = {ARGS_LOST: lease.runner}
+        task.error = cut_error(error)
+        self.outcomes[(task.queue, "failed")] += 1
+        self.dead_without_args(task, now)
+        error = task.error or {}
+        _log.log(logging.WARNING, "dead letter", "task %s (%s) in queue %s dead-lettered after %d attempt(s), "
+                 "reported by its worker after node %s running it was lost: %s: %s (its arguments were lost with "
+                 "that node: `miyaq dead retry` refuses it)", task_id, handler_label(task), task.queue, attempt,
+                 lease.runner, error.get("type", "?"), str(error.get("message", ""))[:200])
+        return True
+
+    def dead_without_args(self, task: Task, now: float) -> bool:
+        """Replace this node's ``started-elsewhere`` placeholder of
+        ``task`` -- a dead letter without its arguments
+        (:data:`~miyaq.store.task.ARGS_LOST`; detached, its error set) --
+        by ``task`` itself, dead: counted (``dead``), logged (an ``A``
+        record: the placeholder's ``F`` record before it is dropped by a
+        replay), waiters answered, and the other holders told (its ``D``
+        event carries its record). For :meth:`fail_placeholder`, and for
+        another holder's ``D`` event, SYNC or handoff of such a dead letter
+        (:mod:`miyaq.cluster`). False, changing nothing, if this node holds
+        no such placeholder (a copy of its own, or another end)."""
+        task_id = task.id
+        table = self.table
+        stone = table.tombstone(task_id)
+        if (stone is None or stone.state != STARTED_ELSEWHERE or args_lost(task) is None
+                or task_id in table.live or task_id in table.dead):
+            return False
+        self.drop_placeholder_lease(task_id)
+        table.drop_tombstone(task_id)
+        task.state = SCHEDULED
+        table.add(task)
+        self._count(task.queue)[SCHEDULED] += 1
+        self._kill(task)
+        return task.state == DEAD
+
     def complete_placeholder(self, task_id: str, attempt: int, result: bytes | None, now: float,
                              by: str | None) -> bool:
         """DONE of ``attempt`` from ``by`` for a task this node holds only a
@@ -111,13 +210,11 @@ class Placeholders(Transitions):
         ``F`` event to the other holders). False, changing nothing, for any
         other report (counted in ``not_leased`` when a placeholder is
         there) or when no placeholder is."""
+        lease = self._lease_of_report(task_id, attempt, by)
+        if lease is None:
+            return False
         stone = self.table.tombstone(task_id)
-        if stone is None or stone.state != STARTED_ELSEWHERE:
-            return False
-        lease = self.placeholder_leases.get(task_id)
-        if by is None or lease is None or lease.attempt != attempt or lease.lessee != by:
-            self.not_leased += 1
-            return False
+        assert stone is not None       # _lease_of_report found it
         self.drop_placeholder_lease(task_id)
         task = Task(task_id, stone.queue, None, b"", key=stone.key, created=lease.created, at_most_once=True)
         task.attempt = attempt

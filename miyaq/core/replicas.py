@@ -22,7 +22,7 @@ from miyaq.core.placeholders import Placeholders
 from miyaq.logs import LogLimiter
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.protocol.taskspec import is_id
-from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, count_revival
+from miyaq.store.task import DEAD, READY, RETRYING, RUNNING, SCHEDULED, Task, args_lost, count_revival
 from miyaq.store.task_bytes import let_go
 
 
@@ -269,7 +269,15 @@ class ReplicaCopies(Placeholders):
         its revivals counted (:func:`~miyaq.store.task.revivals`) -- up to
         ``revived``, the other holder's count, when known -- and written to
         the log like a retry here (before 2026-12-05 it was not: a restart
-        brought the copy back dead)."""
+        brought the copy back dead). A copy whose arguments were lost
+        (:data:`~miyaq.store.task.ARGS_LOST`) is not revived: it stays dead
+        here, never run with an empty payload -- the holder that revived
+        it has them."""
+        dead = self.table.dead.get(task_id)
+        if dead is not None and args_lost(dead) is not None:
+            _log.log(logging.WARNING, "not revived", "task %s revived by another holder stays dead here: %s",
+                     task_id, "its arguments were lost with node " + str(args_lost(dead)))
+            return None
         task = self.table.revive(task_id)
         if task is None:
             return None

@@ -190,7 +190,7 @@ class AdminApi:
         endpoint = self.core.endpoint
         endpoint.check_writable()
         if ids is None:
-            ids = [t.id for t in self.engine.table.iter_dead(queue)]
+            ids = self.engine.retryable_dead(queue)     # not those whose arguments were lost
         retried = self.engine.dead_retry(ids, wall(), green.FairShare().check)    # yields to the hub as it goes
         self.gateway.redispatch()
         if retried:

@@ -41,7 +41,7 @@ from miyaq.store.log import AppendLog
 from miyaq.store.log_writer import LogWriter
 from miyaq.store.records import stone_record, task_record
 from miyaq.store.table import Tombstone
-from miyaq.store.task import READY, RETRYING, Task, revivals
+from miyaq.store.task import READY, RETRYING, Task, args_lost, revivals
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,12 @@ class Persistence(EngineListener):
         self._add({"o": "R", "id": task.id, "attempt": task.attempt, "eta": 0.0})
 
     def task_dead(self, task: Task) -> None:
+        if args_lost(task) is not None:
+            # A dead letter that replaced an at-most-once placeholder (its
+            # arguments lost with the runner's node): no A record of it
+            # before, and the placeholder's F record is: the whole of it.
+            self._add(task_record(task))
+            return
         self._add({"o": "D", "id": task.id, "attempt": task.attempt, "error": task.error})
 
     def task_finished(self, task: Task, stone: Tombstone) -> None:

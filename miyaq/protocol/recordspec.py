@@ -36,7 +36,7 @@ from miyaq.protocol.taskspec import (
 )
 from miyaq.store.records import transfer_record
 from miyaq.store.table import TaskTable, Tombstone, error_bytes
-from miyaq.store.task import DEAD, FINAL_STATES, LIVE_STATES, MAX_REVIVALS, SCHEDULED, Extra, Task, spec_for
+from miyaq.store.task import ARGS_LOST, DEAD, FINAL_STATES, LIVE_STATES, MAX_REVIVALS, SCHEDULED, Extra, Task, spec_for
 
 #: The latest time a node stores (unix seconds: the year 2286).
 MAX_TIME = 1e10
@@ -109,8 +109,9 @@ def _holders(value: Any) -> tuple[str, ...]:
 
 
 def _meta(value: Any) -> dict[str, Any] | None:
-    """A task's extras (webhook headers, replica offset, resent): keys this
-    version does not know are dropped."""
+    """A task's extras (webhook headers, replica offset, resent, revivals,
+    the node a dead letter's arguments were lost with): keys this version
+    does not know are dropped."""
     if value is None:
         return None
     if not isinstance(value, dict):
@@ -124,6 +125,11 @@ def _meta(value: Any) -> dict[str, Any] | None:
         meta["resent"] = f.boolean(value, "resent")
     if value.get("revived") is not None:
         meta["revived"] = f.integer(value, "revived", lo=0, hi=MAX_REVIVALS)
+    lost = value.get(ARGS_LOST)
+    if lost is not None:       # a dead letter whose arguments were lost with that node (since 2026-12-08)
+        if not _is_node(lost):
+            raise InvalidField(f"field 'meta.{ARGS_LOST}' must be a node id", field="meta")
+        meta[ARGS_LOST] = lost
     return meta or None
 
 

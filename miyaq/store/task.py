@@ -351,10 +351,31 @@ class Task:
             info["error"] = self.error
         if self.holders:
             info["holders"] = list(self.holders)
+        lost = args_lost(self)
+        if lost is not None:
+            info[ARGS_LOST] = lost
         return info
 
     def __repr__(self) -> str:
         return f"<Task {self.id} {self.queue}/{self.name or self.url} {self.state} attempt={self.attempt}>"
+
+
+ARGS_LOST = "args_lost"
+"""The ``meta`` item (and header field) of a dead letter whose arguments
+are unknown: the id of the node they were lost with. An at-most-once task's
+other holders keep no copy once it starts (a ``started-elsewhere``
+placeholder); when the runner's node dies and its worker reports the
+failure to one of them, that holder dead-letters the task without its
+arguments (:meth:`~miyaq.core.placeholders.Placeholders.fail_placeholder`).
+Such a dead letter's ``body`` is empty and means nothing; it can never run
+again: a dead-letter retry refuses it."""
+
+
+def args_lost(task: Task) -> str | None:
+    """The node ``task``'s arguments were lost with, if they were
+    (:data:`ARGS_LOST`); None for every task that has its own."""
+    meta = task.meta
+    return meta.get(ARGS_LOST) if meta else None
 
 
 MAX_REVIVALS = 2**31 - 1

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 
 from ...runtime import wall
-from ...store.task import LIVE_STATES
+from ...store.task import LIVE_STATES, args_lost
 from .activity import Activity
 from .attempts import AttemptLog
 from .peer_answers import NOT_UNDERSTOOD, totals_of, workers_of
@@ -171,7 +171,7 @@ class ConsoleData:
                                 "attempts": self.attempts.of(task_id) if internals else None,
                                 "payload": None, "result": None}
         if task is not None:
-            if internals:
+            if internals and args_lost(task) is None:     # else its body is empty, not its arguments
                 view["payload"] = preview(task.body, decode=task.url is None)
             view["holders"] = list(task.holders) or [self.node_id]
         else:

@@ -1,0 +1,232 @@
+"""An at-most-once task whose runner's node dies after its worker started
+it, and whose handler then fails: the worker reports the FAILED to another
+holder (docs/cluster.md, "A task's life in a cluster", items 6 and 7).
+Every other holder keeps only a ``started-elsewhere`` placeholder, without
+the task's arguments. Before 2026-12-08 the placeholder refused the FAILED:
+the failure was lost, and the task stayed ``started-elsewhere`` on every
+holder until ``result_ttl``. It is now dead-lettered on every holder with
+the handler's error, as a single node would, marked as having lost its
+arguments with n1, and a retry of it is refused. In process
+(miyaq.testing.inprocess): the task's first holder is n1."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from miyaq.cluster.holder_events import apply_events, lost_record
+from miyaq.errors import InvalidField
+from miyaq.protocol import codec
+from miyaq.protocol import commands as c
+from miyaq.protocol.recordspec import STARTED_ELSEWHERE
+from miyaq.runtime import wall
+from miyaq.store.records import task_record
+from miyaq.store.task import ARGS_LOST, DEAD, Task, args_lost
+from tests.test_inproc_standby import _ask_result
+
+pytestmark = pytest.mark.timeout(120)
+
+NODES = ("n1", "n2", "n3")
+SURVIVORS = ("n2", "n3")
+ERROR = {"type": "Boom", "message": "the handler failed", "traceback": "Traceback ...\nBoom"}
+LEASE = 60.0
+
+
+def _started_on_n1(cluster: Any) -> tuple[str, dict[str, Any]]:
+    """An at-most-once task running on n1's worker, n2 and n3 holding its
+    placeholder with the lease of the S event: ``(task id, workers by node)``."""
+    task_id = cluster.task_led_by("n1")
+    workers = {n: cluster.worker(n) for n in NODES}
+    cluster.submit_accepted("n1", task_id, name="tasks.charge", body=b"\x91\x01", at_most_once=True,
+                            timeout=LEASE)
+    cluster.wait_until(lambda: workers["n1"].runs(task_id), what="n1 to start the task")
+    cluster.wait_until(lambda: all(task_id in cluster[n].engine.placeholder_leases for n in SURVIVORS),
+                       what="the placeholders' leases on n2 and n3 (S event)")
+    return task_id, workers
+
+
+def _failed_to_n2(cluster: Any, task_id: str, worker: Any) -> None:
+    """n1's worker reports the handler's failure to n2 (n1 stopped)."""
+    assert worker.fail_at(cluster["n2"].node, task_id, 1, ERROR, retry=True)
+
+
+def _dead(cluster: Any, node: str, task_id: str) -> Any:
+    task = cluster[node].engine.table.dead.get(task_id)
+    assert task is not None, f"{node} has no dead letter of {task_id}: {cluster[node].state(task_id)}"
+    return task
+
+
+def _ask(node: Any, command: str, body: dict[str, Any], cluster: Any) -> tuple[str, dict[str, Any]]:
+    """``command`` through ``node``'s service handlers (a DEAD retry answers
+    from a greenlet of its own): ("reply" | "error", body)."""
+    endpoint = node.node.core.endpoint
+    answers: list[tuple[str, dict[str, Any]]] = []
+    real = endpoint.reply, endpoint.error, endpoint.reply_stored
+    endpoint.reply = lambda identity, req, answer: answers.append(("reply", answer))
+    endpoint.reply_stored = lambda identity, req, answer, *a, **k: answers.append(("reply", answer))
+    endpoint.error = lambda identity, err, req=None: answers.append(("error", err.to_wire()))
+    try:
+        endpoint.handle([b"test", *codec.encode(command, {**body, "req": 1})], wall())
+        cluster.wait_until(lambda: answers, what=f"the answer to {command}")
+    finally:
+        endpoint.reply, endpoint.error, endpoint.reply_stored = real
+    assert len(answers) == 1, answers
+    return answers[0]
+
+
+def test_a_failed_reported_to_another_holder_after_the_runner_died_dead_letters_the_task_everywhere(inproc):
+    """Fault: n1, running an at-most-once task, dies; its worker's handler
+    raises and the worker sends FAILED to n2 (item 7). n2 had only the
+    placeholder and refused it: the failure was lost, the task
+    ``started-elsewhere`` on n2 and n3, RESULT ``not_found``. Now n2
+    dead-letters it with the handler's error (an at-most-once task is never
+    retried, even on a retryable failure), its ``D`` event does the same on
+    n3, RESULT on both reports it dead with that error, the listings show
+    the arguments unknown (lost with n1), and nothing runs again."""
+    cluster = inproc(3, replicas=3)
+    task_id, workers = _started_on_n1(cluster)
+    cluster.stop_node("n1")
+    _failed_to_n2(cluster, task_id, workers["n1"])
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == DEAD for n in SURVIVORS),
+                       what="the FAILED to dead-letter the task on n2 and n3")
+    for node in SURVIVORS:
+        engine = cluster[node].engine
+        task = _dead(cluster, node, task_id)
+        assert (task.name, task.attempt, task.at_most_once, args_lost(task)) == ("tasks.charge", 1, True, "n1")
+        assert task.error == ERROR and task.body == b""
+        assert engine.table.tombstone(task_id) is None and task_id not in engine.placeholder_leases
+        kind, body = _ask_result(cluster[node], task_id)
+        assert kind == "reply" and body["state"] == DEAD and body["error"] == ERROR
+        header = engine.info(task_id)
+        assert header["state"] == DEAD and header[ARGS_LOST] == "n1" and header["name"] == "tasks.charge"
+        assert [t[ARGS_LOST] for t in engine.dead_list(None, 10)] == ["n1"]
+        assert engine.outcomes[("default", DEAD)] == 1
+        assert engine.counts["default"][DEAD] == 1
+    assert cluster["n2"].engine.outcomes[("default", "failed")] == 1
+    cluster.advance(LEASE + 4 * cluster.settings["replica_offset"])
+    cluster.settle(0.2)
+    assert all(cluster[n].state(task_id) == DEAD for n in SURVIVORS)
+    assert workers["n2"].times(task_id) == 0 and workers["n3"].times(task_id) == 0
+    assert not cluster.crashes()
+
+
+def test_a_retry_of_a_dead_letter_whose_arguments_were_lost_is_refused_and_changes_nothing(inproc):
+    """Fault: an operator retries the dead letter made of the lessee's
+    FAILED after n1 died (``miyaq dead retry``, the HTTP or Python API: all
+    go through the engine's ``dead_retry``). Its arguments were lost with
+    n1: run again it would get an empty payload. Refused whole, naming
+    why and n1, nothing revived (also another dead letter named with it);
+    a retry of the whole queue leaves it out; a V event from another
+    holder does not revive it either. It can still be purged."""
+    cluster = inproc(3, replicas=3)
+    task_id, workers = _started_on_n1(cluster)
+    other = cluster.task_led_by("n2")
+    cluster.submit_accepted("n2", other, body=b"\x90", at_most_once=True, timeout=LEASE)
+    cluster.wait_until(lambda: workers["n2"].runs(other), what="n2 to start the other task")
+    assert workers["n2"].fail(other, ERROR, retry=False)
+    cluster.wait_until(lambda: cluster["n2"].state(other) == DEAD, what="the other task dead on n2")
+    cluster.stop_node("n1")
+    _failed_to_n2(cluster, task_id, workers["n1"])
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == DEAD for n in SURVIVORS),
+                       what="the dead letter on n2 and n3")
+    n2 = cluster["n2"]
+    with pytest.raises(InvalidField) as refused:
+        n2.engine.dead_retry([other, task_id], wall())
+    assert "arguments were lost with node n1" in str(refused.value) and task_id in str(refused.value)
+    assert n2.state(task_id) == DEAD and n2.state(other) == DEAD
+    kind, body = _ask(n2, c.DEAD, {"op": "retry", "ids": [task_id]}, cluster)
+    assert kind == "error" and body["code"] == "invalid_field" and "lost with node n1" in body["message"]
+    assert n2.state(task_id) == DEAD
+    kind, body = _ask(n2, c.DEAD, {"op": "retry"}, cluster)      # the whole dead-letter queue
+    assert kind == "reply" and body["retried"] == [other]
+    assert n2.state(task_id) == DEAD
+    n3 = cluster["n3"]
+    assert n3.engine.revive_copy(task_id, wall()) is None and n3.state(task_id) == DEAD
+    assert n2.engine.dead_purge(None, [task_id]) == 1
+    cluster.wait_until(lambda: n3.state(task_id) is None, what="the purge on n3 (P event)")
+    assert workers["n2"].times(task_id) == 0 and workers["n3"].times(task_id) == 0
+    assert not cluster.crashes()
+
+
+def test_a_placeholder_refuses_a_failed_from_anyone_but_the_lessee_of_that_attempt(inproc):
+    """Fault: after n1 died running an at-most-once task, a FAILED reaches
+    n2 from a worker the task was never leased to, and one from the lessee
+    naming another attempt. Neither changes the placeholder (counted in
+    ``not_leased``, as a live copy refuses them)."""
+    cluster = inproc(3, replicas=3)
+    task_id, workers = _started_on_n1(cluster)
+    cluster.stop_node("n1")
+    n2 = cluster["n2"]
+    refused = n2.engine.not_leased
+    assert not workers["n2"].fail_at(n2.node, task_id, 1, ERROR, retry=False)
+    assert not workers["n1"].fail_at(n2.node, task_id, 2, ERROR, retry=False)
+    assert not n2.engine.fail(task_id, 1, ERROR, False, None, wall())       # by=None: nobody leased it here
+    assert n2.engine.not_leased == refused + 3
+    cluster.settle(0.2)
+    assert all(cluster[n].state(task_id) == STARTED_ELSEWHERE for n in SURVIVORS)
+    assert not n2.engine.table.dead
+    assert not cluster.crashes()
+
+
+def test_a_dead_letter_without_arguments_is_dead_after_a_restart(inproc, tmp_path):
+    """Fault: n2 restarts from its log after it dead-lettered the lessee's
+    FAILED of an at-most-once task whose runner died. Its log held the
+    placeholder (an ``F`` record) and a ``D`` record of a task it never
+    had (no ``A`` record): the replay brought the placeholder back. The
+    dead letter is now logged whole (an ``A`` record, its arguments
+    marked lost): it comes back dead with its error and mark."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    task_id, workers = _started_on_n1(cluster)
+    cluster.stop_node("n1")
+    _failed_to_n2(cluster, task_id, workers["n1"])
+    cluster.wait_until(lambda: cluster["n3"].state(task_id) == DEAD, what="the D event on n3")
+    cluster.stop_node("n2")
+    cluster.start_node("n2")
+    task = _dead(cluster, "n2", task_id)
+    assert (task.error, args_lost(task), task.name, task.attempt) == (ERROR, "n1", "tasks.charge", 1)
+    assert cluster["n2"].tombstone(task_id) is None
+    with pytest.raises(InvalidField):
+        cluster["n2"].engine.dead_retry([task_id], wall())
+    assert not cluster.crashes()
+
+
+def test_a_holder_that_missed_the_dead_event_gets_the_dead_letter_from_a_resync(inproc, tmp_path):
+    """Fault: n3 is down when n2 dead-letters the lessee's FAILED (n1, the
+    runner, died), so it never hears the ``D`` event, and comes back from
+    its log with its placeholder. Its resync with n2 brings the dead
+    letter, which replaces the placeholder (a copy over a tombstone was
+    never stored: n3 stayed ``started-elsewhere``)."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    task_id, workers = _started_on_n1(cluster)
+    cluster.stop_node("n3")
+    cluster.stop_node("n1")
+    _failed_to_n2(cluster, task_id, workers["n1"])
+    assert cluster["n2"].state(task_id) == DEAD
+    cluster.start_node("n3")
+    cluster.wait_until(lambda: cluster["n3"].state(task_id) == DEAD, timeout=30.0,
+                       what="n3's resync to bring the dead letter")
+    task = _dead(cluster, "n3", task_id)
+    assert (task.error, args_lost(task), task.attempt) == (ERROR, "n1", 1)
+    assert not cluster.crashes()
+
+
+def test_a_dead_event_with_a_record_of_a_task_with_its_arguments_is_refused(inproc):
+    """Fault: a peer's ``D`` event for a task n3 holds a placeholder of
+    carries a record that is not of a dead letter whose arguments were lost
+    (a copy with a payload, or another task's): refused and counted, the
+    placeholder left as it is -- only a dead letter without arguments may
+    replace it."""
+    cluster = inproc(3, replicas=3)
+    task_id, _ = _started_on_n1(cluster)
+    n3 = cluster["n3"]
+    lease = n3.engine.placeholder_leases[task_id]
+    forged = Task.of(task_id, lease.spec, b"\x91\x02", 0.0, 0.0)
+    forged.holders = lease.holders
+    refused = n3.role.refusals.total()
+    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, task_record(forged)]])     # no args_lost mark
+    another = Task.of(cluster.task_id(), lease.spec, b"", 0.0, 0.0)
+    another.holders, another.meta = lease.holders, {ARGS_LOST: "n1"}
+    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(another)]])   # another task's
+    assert n3.role.refusals.total() == refused + 2
+    assert n3.state(task_id) == STARTED_ELSEWHERE and not n3.engine.table.dead
+    assert not cluster.crashes()
