@@ -266,7 +266,9 @@ def run_dead(args: argparse.Namespace) -> int:
         else:
             for t in answer["tasks"]:
                 err = t.get("error") or {}
+                lost = t.get("args_lost")
                 print(f"{shown(t['id'])}  {shown(t['queue']):<12} attempt={shown(t['attempt'])} "
-                      f"{shown(err.get('type', ''))}: {shown(err.get('message', ''))}")
+                      f"{shown(err.get('type', ''))}: {shown(err.get('message', ''))}"
+                      + (f"  [arguments lost with node {shown(lost)}: cannot be retried]" if lost else ""))
             print(f"{len(answer['tasks'])} dead task(s)" + _cut(len(answer["tasks"]), args.limit))
     return 0

@@ -72,6 +72,9 @@ TASK = obj(["id", "queue", "state"], closed=False,
            id=STR, queue=STR, state={"type": "string", "enum": list(ALL_STATES)}, priority=INT,
            eta=NUM, created=NUM, attempt=INT, max_retries=INT, timeout=NUM, name=STR, url=STR, key=STR,
            expires=NUM, lease_end=NUM, finished=NUM, error=ref("TaskError"), holders=STR_LIST,
+           args_lost=described(STR, "dead: its arguments are unknown, lost with this node (an at-most-once task "
+                               "whose runner's node died, its failure reported to another holder); it can "
+                               "never be retried (docs/cluster.md, \"A task's life in a cluster\", item 6)"),
            started=described(NUM, "running: unix time its current attempt was leased (not on a node "
                              "without metrics, nor on a standby copy)"),
            running_seconds=described(NUM, "running: seconds since started"))
