@@ -9,6 +9,7 @@ import pytest
 
 from apps import basic
 from cluster_harness import Cluster
+from miyaq.errors import InvalidField
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -167,6 +168,31 @@ def test_dispatching_node_killed_while_an_at_most_once_task_runs(cluster, procs,
     cluster.kill(first)
     wait_for(lambda: all(cluster.holds(n, handle.id) == "done" for n in others), timeout=30,
              what="done on the surviving holders")
+    assert len(starts(path, handle.id, "sleep-start")) == 1
+    assert duplicates(cluster, others) == 0
+
+
+def test_dispatching_node_killed_while_an_at_most_once_task_runs_that_then_fails(cluster, procs, events):
+    """Fault: kill -9 of the node that dispatched a running at-most-once
+    task whose handler then raises. The worker's FAILED to another holder
+    dead-letters the task on every survivor with the handler's error, its
+    arguments marked lost with the killed node (before 2026-12-08 it was
+    refused: the failure lost, the task ``started-elsewhere`` until
+    result_ttl), a retry of it is refused, and it does not run again."""
+    path, env = events
+    first, others, c = _three_holders_and_a_worker(cluster, procs, env, "once-fails")
+    handle = c.submit("sleep_then_fail", [2.0], key="once-fails", timeout=30, at_most_once=True, wait=True)
+    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
+             what="the placeholders on the other holders")
+    cluster.kill(first)
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "dead" for n in others), timeout=30,
+             what="dead on the surviving holders")
+    for node in others:
+        info = cluster.task_on(node, handle.id)
+        assert info["args_lost"] == first and info["error"]["type"] == "ValueError"
+    with pytest.raises(InvalidField, match="arguments were lost with node"):
+        c.dead("retry", ids=[handle.id])
     assert len(starts(path, handle.id, "sleep-start")) == 1
     assert duplicates(cluster, others) == 0
 

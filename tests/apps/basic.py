@@ -83,6 +83,15 @@ def sleep(seconds, touch_every=None):
     return ctx.attempt
 
 
+@app.task(name="sleep_then_fail")
+def sleep_then_fail(seconds):
+    """Sleeps, then raises: a failure reported after the node that gave the task may be gone."""
+    ctx = miyaq.current_task()
+    record("sleep-start", ctx.id, ctx.attempt, os.getpid())
+    green.sleep(seconds)
+    raise ValueError("failed after the sleep")
+
+
 @app.task(name="spin")
 def spin(seconds):
     """CPU-bound: never yields to the gevent hub."""
