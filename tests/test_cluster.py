@@ -9,7 +9,7 @@ import pytest
 
 from apps import basic
 from cluster_harness import Cluster
-from miyaq.errors import InvalidField
+from miyaq.errors import InvalidField, TaskFailed
 from miyaq.testing.harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -191,6 +191,8 @@ def test_dispatching_node_killed_while_an_at_most_once_task_runs_that_then_fails
     for node in others:
         info = cluster.task_on(node, handle.id)
         assert info["args_lost"] == first and info["error"]["type"] == "ValueError"
+    with pytest.raises(TaskFailed, match="failed after the sleep"):
+        c.result(handle.id, timeout=10)
     with pytest.raises(InvalidField, match="arguments were lost with node"):
         c.dead("retry", ids=[handle.id])
     assert len(starts(path, handle.id, "sleep-start")) == 1
