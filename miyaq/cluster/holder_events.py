@@ -338,9 +338,9 @@ def _dead_without_args(role: ClusterRole, src: str, ev: list[Any], now: float) -
     except InvalidField as err:
         role.refusals.refuse("stream", src, err)
         return
-    task.attempt, task.error = ev[2], ev[3]
+    task.attempt = ev[2]
     task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
-    role.engine.dead_without_args(task, now)
+    role.engine.dead_without_args(task, ev[3], now)
 
 
 def counts_duplicate(me: str, other: str, holders: Sequence[str]) -> bool:

@@ -124,7 +124,7 @@ class CopyInstaller:
                 task.holders = tuple(holders)
                 task.rank = holders.index(role.node_id)
                 with role.events.applying_remote():
-                    engine.dead_without_args(task, now)
+                    engine.dead_without_args(task, task.error, now)
                 return True
             # Over already: not stored. If this node heard the end first (no
             # copy then), the copy is counted now, as a stored one would be;

@@ -33,17 +33,15 @@ first (a report on a dropped one is refused, as before), each dropped when
 its placeholder is replaced. A lease keeps the task's interned
 :class:`~miyaq.store.task.Spec` (its handler name, for the dead letter of
 a FAILED; none for a webhook task, whose deliverer died with the runner):
-shared with every task of its kind, so most leases add nothing. Memory only: a restarted holder's placeholders
-(from its log) take no report. Part of the engine
+shared with every task of its kind, so most leases add nothing. Memory
+only: a restarted holder's placeholders (from its log) take no report. Part of the engine
 (:class:`~miyaq.core.engine.Engine` inherits it); no I/O, none blocks.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-from typing import NamedTuple
-
 import logging
-from typing import Any
+from collections import OrderedDict
+from typing import Any, NamedTuple
 
 from miyaq.config import NodeConfig
 from miyaq.core.transitions import Transitions
@@ -55,6 +53,9 @@ from miyaq.store.task import ARGS_LOST, DEAD, DONE, SCHEDULED, Spec, Task, args_
 # The engine's logger (as miyaq.core.transitions): the dead letter of a
 # FAILED a placeholder took is logged under the name the engine's are.
 _log = LogLimiter(logging.getLogger("miyaq.core.engine"))
+
+#: How much of a dead letter's error message its log line shows (as the engine's).
+DEAD_LINE_MESSAGE = 200
 
 #: Placeholder leases kept at most: one per at-most-once task that another
 #: holder runs now, as a placeholder's lease goes when the runner's finish
@@ -166,24 +167,24 @@ class Placeholders(Transitions):
         task.key = stone.key
         task.holders = lease.holders
         task.meta = {ARGS_LOST: lease.runner}
-        task.error = cut_error(error)
         self.outcomes[(task.queue, "failed")] += 1
-        self.dead_without_args(task, now)
-        error = task.error or {}
+        self.dead_without_args(task, cut_error(error), now)
+        kept = task.error or {}
         _log.log(logging.WARNING, "dead letter", "task %s (%s) in queue %s dead-lettered after %d attempt(s), "
                  "reported by its worker after node %s running it was lost: %s: %s (its arguments were lost with "
                  "that node: `miyaq dead retry` refuses it)", task_id, handler_label(task), task.queue, attempt,
-                 lease.runner, error.get("type", "?"), str(error.get("message", ""))[:200])
+                 lease.runner, kept.get("type", "?"), str(kept.get("message", ""))[:DEAD_LINE_MESSAGE])
         return True
 
-    def dead_without_args(self, task: Task, now: float) -> bool:
+    def dead_without_args(self, task: Task, error: dict[str, Any] | None, now: float) -> bool:
         """Replace this node's ``started-elsewhere`` placeholder of
         ``task`` -- a dead letter without its arguments
-        (:data:`~miyaq.store.task.ARGS_LOST`; detached, its error set) --
-        by ``task`` itself, dead: counted (``dead``), logged (an ``A``
-        record: the placeholder's ``F`` record before it is dropped by a
-        replay), waiters answered, and the other holders told (its ``D``
-        event carries its record). For :meth:`fail_placeholder`, and for
+        (:data:`~miyaq.store.task.ARGS_LOST`), detached -- by ``task``
+        itself, dead with ``error`` (checked; cut to the room left in
+        ``max_bytes`` as any failure kept: ``keep_error``): counted
+        (``dead``), logged (an ``A`` record: the placeholder's ``F`` record
+        before it is dropped by a replay), waiters answered, and the other
+        holders told (its ``D`` event carries its record). For :meth:`fail_placeholder`, and for
         another holder's ``D`` event, SYNC or handoff of such a dead letter
         (:mod:`miyaq.cluster`). False, changing nothing, if this node holds
         no such placeholder (a copy of its own, or another end)."""
@@ -195,9 +196,10 @@ class Placeholders(Transitions):
             return False
         self.drop_placeholder_lease(task_id)
         table.drop_tombstone(task_id)
-        task.state = SCHEDULED
+        task.state, task.error = SCHEDULED, None
         table.add(task)
         self._count(task.queue)[SCHEDULED] += 1
+        self.keep_error(task, error)
         self._kill(task)
         return task.state == DEAD
 
