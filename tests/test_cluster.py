@@ -153,23 +153,33 @@ def _three_holders_and_a_worker(cluster: Cluster, procs, env: dict, key: str, *o
     return first, others, cluster.client(others[0])
 
 
+def _at_most_once_runner_killed(cluster: Cluster, procs, events, name: str, key: str, ending: str):
+    """An at-most-once task of handler ``name`` (which records ``sleep-start``)
+    running on its first holder's worker, the other holders' copies
+    ``started-elsewhere`` placeholders; then the first holder is killed -9
+    and the task ends ``ending`` on every survivor, started once:
+    ``(the killed node, the survivors, a client, the task's handle)``."""
+    path, env = events
+    first, others, c = _three_holders_and_a_worker(cluster, procs, env, key)
+    handle = c.submit(name, [2.0], key=key, timeout=30, at_most_once=True, wait=True)
+    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
+    wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
+             what="the placeholders on the other holders")
+    cluster.kill(first)
+    wait_for(lambda: all(cluster.holds(n, handle.id) == ending for n in others), timeout=30,
+             what=f"{ending} on the surviving holders")
+    assert len(starts(path, handle.id, "sleep-start")) == 1
+    assert duplicates(cluster, others) == 0
+    return first, others, c, handle
+
+
 def test_dispatching_node_killed_while_an_at_most_once_task_runs(cluster, procs, events):
     """Fault: kill -9 of the node that dispatched a running at-most-once
     task. The other holders keep only a ``started-elsewhere`` placeholder;
     the worker's DONE to one of them finishes the task on every survivor
     with its result (before 2026-12-07 it was refused: the result lost, the
     task ``started-elsewhere`` until result_ttl), and it does not run again."""
-    path, env = events
-    first, others, c = _three_holders_and_a_worker(cluster, procs, env, "once-only")
-    handle = c.submit("sleep", [2.0], key="once-only", timeout=30, at_most_once=True, wait=True)
-    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
-    wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
-             what="the placeholders on the other holders")
-    cluster.kill(first)
-    wait_for(lambda: all(cluster.holds(n, handle.id) == "done" for n in others), timeout=30,
-             what="done on the surviving holders")
-    assert len(starts(path, handle.id, "sleep-start")) == 1
-    assert duplicates(cluster, others) == 0
+    _at_most_once_runner_killed(cluster, procs, events, "sleep", "once-only", "done")
 
 
 def test_dispatching_node_killed_while_an_at_most_once_task_runs_that_then_fails(cluster, procs, events):
@@ -178,16 +188,10 @@ def test_dispatching_node_killed_while_an_at_most_once_task_runs_that_then_fails
     dead-letters the task on every survivor with the handler's error, its
     arguments marked lost with the killed node (before 2026-12-08 it was
     refused: the failure lost, the task ``started-elsewhere`` until
-    result_ttl), a retry of it is refused, and it does not run again."""
-    path, env = events
-    first, others, c = _three_holders_and_a_worker(cluster, procs, env, "once-fails")
-    handle = c.submit("sleep_then_fail", [2.0], key="once-fails", timeout=30, at_most_once=True, wait=True)
-    wait_for(lambda: starts(path, handle.id, "sleep-start"), what="task running")
-    wait_for(lambda: all(cluster.holds(n, handle.id) == "started-elsewhere" for n in others),
-             what="the placeholders on the other holders")
-    cluster.kill(first)
-    wait_for(lambda: all(cluster.holds(n, handle.id) == "dead" for n in others), timeout=30,
-             what="dead on the surviving holders")
+    result_ttl), ``result()`` raises it, a retry of it is refused, and it
+    does not run again."""
+    first, others, c, handle = _at_most_once_runner_killed(cluster, procs, events, "sleep_then_fail",
+                                                           "once-fails", "dead")
     for node in others:
         info = cluster.task_on(node, handle.id)
         assert info["args_lost"] == first and info["error"]["type"] == "ValueError"
@@ -195,8 +199,6 @@ def test_dispatching_node_killed_while_an_at_most_once_task_runs_that_then_fails
         c.result(handle.id, timeout=10)
     with pytest.raises(InvalidField, match="arguments were lost with node"):
         c.dead("retry", ids=[handle.id])
-    assert len(starts(path, handle.id, "sleep-start")) == 1
-    assert duplicates(cluster, others) == 0
 
 
 def test_dispatching_node_killed_after_it_read_the_result(cluster, procs, events):
