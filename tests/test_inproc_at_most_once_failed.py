@@ -170,7 +170,8 @@ def test_a_placeholder_refuses_a_failed_from_anyone_but_the_lessee_of_that_attem
 
 def test_a_dead_letter_without_arguments_is_dead_after_a_restart(inproc, tmp_path):
     """Fault: n2 restarts from its log after it dead-lettered the lessee's
-    FAILED of an at-most-once task whose runner died. Its log held the
+    FAILED of an at-most-once task whose runner died (and n3, after its
+    ``D`` event did). Its log held the
     placeholder (an ``F`` record) and a ``D`` record of a task it never
     had (no ``A`` record): the replay brought the placeholder back. The
     dead letter is now logged whole (an ``A`` record, its arguments
@@ -180,13 +181,14 @@ def test_a_dead_letter_without_arguments_is_dead_after_a_restart(inproc, tmp_pat
     cluster.stop_node("n1")
     _failed_to_n2(cluster, task_id, workers["n1"])
     cluster.wait_until(lambda: cluster["n3"].state(task_id) == DEAD, what="the D event on n3")
-    cluster.stop_node("n2")
-    cluster.start_node("n2")
-    task = _dead(cluster, "n2", task_id)
-    assert (task.error, args_lost(task), task.name, task.attempt) == (ERROR, "n1", "tasks.charge", 1)
-    assert cluster["n2"].tombstone(task_id) is None
-    with pytest.raises(InvalidField):
-        cluster["n2"].engine.dead_retry([task_id], wall())
+    for node in SURVIVORS:       # n2 took the FAILED, n3 its D event: both logged it whole
+        cluster.stop_node(node)
+        cluster.start_node(node)
+        task = _dead(cluster, node, task_id)
+        assert (task.error, args_lost(task), task.name, task.attempt) == (ERROR, "n1", "tasks.charge", 1)
+        assert cluster[node].tombstone(task_id) is None
+        with pytest.raises(InvalidField):
+            cluster[node].engine.dead_retry([task_id], wall())
     assert not cluster.crashes()
 
 
@@ -229,4 +231,35 @@ def test_a_dead_event_with_a_record_of_a_task_with_its_arguments_is_refused(inpr
     apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(another)]])   # another task's
     assert n3.role.refusals.total() == refused + 2
     assert n3.state(task_id) == STARTED_ELSEWHERE and not n3.engine.table.dead
+    assert not cluster.crashes()
+
+
+def test_a_runner_restarted_from_its_log_keeps_the_arguments_and_its_retry_ends_the_task_everywhere(inproc, tmp_path):
+    """Fault: n1, the runner, comes back from its data dir after n2
+    dead-lettered the lessee's FAILED without the arguments. n1's log
+    brings the task back dead ``Lost`` with its arguments (an at-most-once
+    task that ran when its node stopped): only n1 can retry it. A retry
+    there runs it (its ``V`` event does not revive the copies without
+    arguments; its ``S`` event makes them placeholders again), and its end
+    reaches every holder."""
+    cluster = inproc(3, replicas=3, data_dir=str(tmp_path), fsync="always")
+    task_id, workers = _started_on_n1(cluster)
+    cluster.stop_node("n1")
+    _failed_to_n2(cluster, task_id, workers["n1"])
+    cluster.wait_until(lambda: cluster["n3"].state(task_id) == DEAD, what="the D event on n3")
+    cluster.start_node("n1")
+    n1 = cluster["n1"]
+    cluster.wait_until(lambda: n1.state(task_id) == DEAD, what="n1 to restore the task dead")
+    cluster.settle(0.5)      # its resyncs with n2 and n3
+    mine = _dead(cluster, "n1", task_id)
+    assert args_lost(mine) is None and mine.body == b"\x91\x01"
+    assert all(args_lost(_dead(cluster, n, task_id)) == "n1" for n in SURVIVORS)
+    worker = cluster.worker("n1")
+    assert n1.engine.dead_retry([task_id], wall()) == [task_id]
+    n1.wake()
+    cluster.wait_until(lambda: worker.runs(task_id), what="n1's worker to run the retried task")
+    assert worker.complete(task_id, result=b"\x2a")
+    cluster.wait_until(lambda: all(cluster[n].state(task_id) == "done" for n in NODES),
+                       what="the retried task done on every holder")
+    assert workers["n2"].times(task_id) == 0 and workers["n3"].times(task_id) == 0
     assert not cluster.crashes()
