@@ -12,9 +12,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 
 from miyaq.cluster.holder_events import apply_events, lost_record
+from miyaq.cluster.sizes import event_size
 from miyaq.errors import InvalidField
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -263,3 +265,16 @@ def test_a_runner_restarted_from_its_log_keeps_the_arguments_and_its_retry_ends_
                        what="the retried task done on every holder")
     assert workers["n2"].times(task_id) == 0 and workers["n3"].times(task_id) == 0
     assert not cluster.crashes()
+
+
+def test_a_dead_event_carrying_a_record_counts_its_error_and_its_record_against_the_message_size():
+    """Fault: the stream's chunking sized a ``D`` event by its last item,
+    its error -- which, on a ``D`` event carrying a dead letter's record, is
+    that record: an error of 16 KB went uncounted, and a message of such
+    events could pass the size it is cut to. Both count now."""
+    task = Task("a" * 32, "default", "tasks.charge", b"", at_most_once=True, replicas=3)
+    task.holders, task.meta = ("n1", "n2", "n3"), {ARGS_LOST: "n1"}
+    error = {"type": "Boom", "message": "x" * 16_000}
+    event = ["D", task.id, 1, error, lost_record(task)]
+    assert event_size(event) >= len(msgpack.packb(event))
+    assert event_size(event) >= event_size(["D", task.id, 1, error]) + len(msgpack.packb(lost_record(task)))

@@ -99,6 +99,8 @@ def event_size(event: list[Any]) -> int:
     op = event[0]
     if op == "F":
         return outcome_size(event[3], event[4]) + (len(event[5]) if len(event) > 5 and event[5] else 0)
-    if op in ("R", "D"):
-        return outcome_size(None, event[-1])
+    if op == "R":
+        return outcome_size(None, event[4])
+    if op == "D":       # its error, and the record of a dead letter whose arguments were lost (holder_events)
+        return outcome_size(None, event[3]) + (packed_size(event[4]) if len(event) > 4 and event[4] else 0)
     return EVENT_ALLOWANCE
