@@ -32,7 +32,7 @@ def not_retryable(task_id: str, node: str) -> str:
     ``node``, cannot be retried (a refusal's message, a log line's)."""
     return (f"task {task_id} cannot be retried: its arguments were lost with node {node} (an at-most-once "
             "task's arguments are kept only by the node that runs it; its worker reported the failure to "
-            "another holder after that node was lost); purge it (`miyaq dead purge --id ID`)")
+            "another holder after that node was lost); purge it (`miyaq dead purge ID`)")
 
 
 def check_retryable(table: TaskTable, ids: list[str]) -> None:
