@@ -17,6 +17,7 @@ import pytest
 
 from miyaq.cluster.holder_events import apply_events, lost_record
 from miyaq.cluster.sizes import event_size
+from miyaq.core.placeholders import lost_args_body
 from miyaq.errors import InvalidField
 from miyaq.protocol import codec
 from miyaq.protocol import commands as c
@@ -24,6 +25,7 @@ from miyaq.protocol.recordspec import STARTED_ELSEWHERE
 from miyaq.runtime import wall
 from miyaq.store.records import task_record
 from miyaq.store.task import ARGS_LOST, DEAD, Task, args_lost
+from miyaq.worker.execute import BadBody, decode_args
 from tests.test_inproc_standby import _ask_result
 
 pytestmark = pytest.mark.timeout(120)
@@ -84,7 +86,8 @@ def test_a_failed_reported_to_another_holder_after_the_runner_died_dead_letters_
     dead-letters it with the handler's error (an at-most-once task is never
     retried, even on a retryable failure), its ``D`` event does the same on
     n3, RESULT on both reports it dead with that error, the listings show
-    the arguments unknown (lost with n1), and nothing runs again."""
+    the arguments unknown (lost with n1) -- its body too, which no worker
+    would take for arguments --, and nothing runs again."""
     cluster = inproc(3, replicas=3)
     task_id, workers = _started_on_n1(cluster)
     cluster.stop_node("n1")
@@ -95,7 +98,9 @@ def test_a_failed_reported_to_another_holder_after_the_runner_died_dead_letters_
         engine = cluster[node].engine
         task = _dead(cluster, node, task_id)
         assert (task.name, task.attempt, task.at_most_once, args_lost(task)) == ("tasks.charge", 1, True, "n1")
-        assert task.error == ERROR and task.body == b""
+        assert task.error == ERROR and task.body == lost_args_body("n1")
+        with pytest.raises(BadBody):     # a worker of a build that ran it would not run the handler
+            decode_args(task.body)
         assert engine.table.tombstone(task_id) is None and task_id not in engine.placeholder_leases
         kind, body = _ask_result(cluster[node], task_id)
         assert kind == "reply" and body["state"] == DEAD and body["error"] == ERROR

@@ -314,7 +314,9 @@ def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
 def lost_record(task: Task) -> dict[str, Any]:
     """The record a ``D`` event carries of ``task``, a dead letter whose
     arguments were lost (:data:`~miyaq.store.task.ARGS_LOST`): its ``A``
-    record without the body (it has none) and the error (the event's own)."""
+    record without the body (no arguments: each holder makes the same,
+    :func:`~miyaq.core.placeholders.lost_args_body`) and the error (the
+    event's own)."""
     record = task_record(task)
     record.pop("body", None)
     record.pop("error", None)

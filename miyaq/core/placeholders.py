@@ -20,8 +20,9 @@ A FAILED of that attempt from that lessee ends the task as a single node
 ends a failed at-most-once task: dead-lettered with the handler's error
 (:meth:`Placeholders.fail_placeholder`). The placeholder holds no payload,
 so the dead letter has none: it is marked with the node its arguments were
-lost with (``meta`` :data:`~miyaq.store.task.ARGS_LOST`), shown in its
-header, and a dead-letter retry refuses it (:mod:`miyaq.core.dead_letters`).
+lost with (``meta`` :data:`~miyaq.store.task.ARGS_LOST`; its body says it
+too, :func:`lost_args_body`), shown in its header, and a dead-letter retry
+refuses it (:mod:`miyaq.core.dead_letters`).
 Its ``D`` event carries the dead letter's record (no body), so the other
 holders' placeholders become the same dead letter
 (:meth:`Placeholders.dead_without_args`), as does a SYNC or handoff of it.
@@ -43,6 +44,8 @@ import logging
 from collections import OrderedDict
 from typing import Any, NamedTuple
 
+import msgpack
+
 from miyaq.config import NodeConfig
 from miyaq.core.transitions import Transitions
 from miyaq.logs import LogLimiter
@@ -53,6 +56,16 @@ from miyaq.store.task import ARGS_LOST, DEAD, DONE, SCHEDULED, Spec, Task, args_
 # The engine's logger (as miyaq.core.transitions): the dead letter of a
 # FAILED a placeholder took is logged under the name the engine's are.
 _log = LogLimiter(logging.getLogger("miyaq.core.engine"))
+
+def lost_args_body(node: str) -> bytes:
+    """The body of a dead letter whose arguments were lost with ``node``:
+    msgpack ``{"args_lost": node}``, which is not ``[args, kwargs]``. Nothing
+    of this build runs such a dead letter (a retry refuses it), but a build
+    that does not know the mark (a downgrade, docs/cluster.md) would: its
+    worker then refuses the body (``BadBody``) instead of running the
+    handler with no arguments, as it would an empty body."""
+    return msgpack.packb({ARGS_LOST: node})
+
 
 #: How much of a dead letter's error message its log line shows (as the engine's).
 DEAD_LINE_MESSAGE = 200
@@ -162,7 +175,7 @@ class Placeholders(Transitions):
             return False
         stone = self.table.tombstone(task_id)
         assert stone is not None       # _lease_of_report found it
-        task = Task.of(task_id, lease.spec, b"", lease.created, lease.created)
+        task = Task.of(task_id, lease.spec, b"", lease.created, lease.created)     # its body: dead_without_args
         task.attempt = attempt
         task.key = stone.key
         task.holders = lease.holders
@@ -197,6 +210,7 @@ class Placeholders(Transitions):
         self.drop_placeholder_lease(task_id)
         table.drop_tombstone(task_id)
         task.state, task.error = SCHEDULED, None
+        task.body = lost_args_body(str(args_lost(task)))
         table.add(task)
         self._count(task.queue)[SCHEDULED] += 1
         self.keep_error(task, error)

@@ -367,8 +367,9 @@ other holders keep no copy once it starts (a ``started-elsewhere``
 placeholder); when the runner's node dies and its worker reports the
 failure to one of them, that holder dead-letters the task without its
 arguments (:meth:`~miyaq.core.placeholders.Placeholders.fail_placeholder`).
-Such a dead letter's ``body`` is empty and means nothing; it can never run
-again: a dead-letter retry refuses it."""
+Such a dead letter's ``body`` holds no arguments (it says the same:
+:func:`miyaq.core.placeholders.lost_args_body`); it can never run again: a
+dead-letter retry refuses it."""
 
 
 def args_lost(task: Task) -> str | None:
