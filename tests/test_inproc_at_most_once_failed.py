@@ -15,7 +15,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from miyaq.cluster.holder_events import apply_events, lost_record
+from miyaq.cluster.holder_events import apply_events
+from miyaq.cluster.lost_args import lost_record
 from miyaq.cluster.sizes import event_size
 from miyaq.core.placeholders import lost_args_body
 from miyaq.errors import InvalidField

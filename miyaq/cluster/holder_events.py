@@ -44,9 +44,9 @@ answer to REPLICATE: :meth:`EventPublisher.forward_finished`),
 times in all: :func:`~miyaq.store.task.revivals`), ``["P", id]`` purged. The
 items marked ``?`` came on 2026-12-05 (``record``: 2026-12-08); older nodes
 neither send nor read them. A ``D`` event's ``record`` is that of a dead
-letter whose arguments were lost (:func:`lost_record`): an at-most-once
+letter whose arguments were lost (:func:`~miyaq.cluster.lost_args.lost_record`): an at-most-once
 task's other holders have only a ``started-elsewhere`` placeholder, which
-becomes that dead letter (:func:`_dead_without_args`).
+becomes that dead letter (:mod:`miyaq.cluster.lost_args`).
 """
 from __future__ import annotations
 
@@ -64,12 +64,13 @@ from miyaq.constants import (
     EARLY_EVENT_BYTES, EARLY_EVENT_TTL, MAX_EARLY_EVENT_BYTES, MAX_EARLY_EVENTS, MAX_STREAM_EVENTS,
 )
 from miyaq.core.attempts import note_lessee
+from miyaq.cluster.lost_args import dead_without_args, lost_record
 from miyaq.core.listener import EngineListener
 from miyaq.errors import InvalidField
 from miyaq.protocol.eventspec import check_event
-from miyaq.protocol.recordspec import Outcome, task_from_record
+from miyaq.protocol.recordspec import Outcome
 from miyaq.runtime import monotonic, wall
-from miyaq.store.records import latest_lessee, task_record
+from miyaq.store.records import latest_lessee
 from miyaq.store.table import Tombstone, error_bytes
 from miyaq.store.task import NO_EXTRA, READY, RETRYING, RUNNING, SCHEDULED, Task, args_lost, revivals
 
@@ -263,7 +264,7 @@ def apply_events(role: ClusterRole, src: str, events: list[Any]) -> None:
             task = table.live.get(task_id) or table.dead.get(task_id)
             if task is None:
                 if op == "D" and len(ev) > 4 and ev[4] is not None and task_id in table.tombstones:
-                    _dead_without_args(role, src, ev, now)     # its placeholder here: the lost node's failure
+                    dead_without_args(role, src, ev, now)     # its placeholder here: the lost node's failure
                 elif op == "S" and len(ev) > 4 and ev[4] and task_id in table.tombstones:
                     # An at-most-once placeholder's runner leased the attempt again (given back unstarted)
                     engine.lease_placeholder_again(task_id, ev[2], ev[5] if len(ev) > 5 else None)
@@ -309,40 +310,6 @@ def _dead_elsewhere(role: ClusterRole, task: Task, ev: list[Any]) -> None:
     """Another holder dead-lettered the task (a ``D`` event): so is this copy."""
     task.attempt = ev[2]
     role.engine.kill_copy(task, ev[3])
-
-
-def lost_record(task: Task) -> dict[str, Any]:
-    """The record a ``D`` event carries of ``task``, a dead letter whose
-    arguments were lost (:data:`~miyaq.store.task.ARGS_LOST`): its ``A``
-    record without the body (no arguments: each holder makes the same,
-    :func:`~miyaq.core.placeholders.lost_args_body`) and the error (the
-    event's own)."""
-    record = task_record(task)
-    record.pop("body", None)
-    record.pop("error", None)
-    return record
-
-
-def _dead_without_args(role: ClusterRole, src: str, ev: list[Any], now: float) -> None:
-    """Another holder dead-lettered an at-most-once task without its
-    arguments (its runner's node was lost, and the worker's FAILED came
-    there: :meth:`~miyaq.core.placeholders.Placeholders.fail_placeholder`),
-    its ``D`` event carrying the dead letter's record: this node's
-    ``started-elsewhere`` placeholder becomes that dead letter. A record
-    that does not pass the checks a SUBMIT's copy passes, or is not of
-    such a dead letter of the event's task, is refused and counted; any
-    other tombstone here (the task ended otherwise) is left as it is."""
-    try:
-        task = task_from_record(ev[4], role.config)
-        if task.id != ev[1] or not task.at_most_once or args_lost(task) is None:
-            raise InvalidField("a DEAD event's record must be its at-most-once task's, its arguments lost",
-                               field="event")
-    except InvalidField as err:
-        role.refusals.refuse("stream", src, err)
-        return
-    task.attempt = ev[2]
-    task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
-    role.engine.dead_without_args(task, ev[3], now)
 
 
 def counts_duplicate(me: str, other: str, holders: Sequence[str]) -> bool:

@@ -34,7 +34,7 @@ from collections.abc import Callable
 
 from miyaq.core.consumers import Consumer
 from miyaq.core.limits import QueueLimits
-from miyaq.store.task import WEBHOOK_LANE_PREFIX
+from miyaq.store.spec import WEBHOOK_LANE_PREFIX
 
 __all__ = ["BlockedConsumers", "enter_lanes"]
 

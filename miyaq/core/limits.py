@@ -44,7 +44,8 @@ from miyaq.core.listener import EngineListener
 from miyaq.errors import ConfigError, InvalidField
 from miyaq.runtime import LOG, Supervisor, wall
 from miyaq.store.tally import Tally
-from miyaq.store.task import RUNNING, WEBHOOK_LANE_PREFIX, Task
+from miyaq.store.spec import WEBHOOK_LANE_PREFIX
+from miyaq.store.task import RUNNING, Task
 
 logger = logging.getLogger(__name__)
 

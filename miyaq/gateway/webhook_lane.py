@@ -21,7 +21,8 @@ from typing import Any, Protocol
 
 from miyaq.core.consumers import Consumer
 from miyaq.runtime import LOG, Supervisor, green
-from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
+from miyaq.store.spec import WEBHOOK_LANE_PREFIX
+from miyaq.store.task import Task
 
 __all__ = ["LaneDeliverer", "WebhookLane"]
 

@@ -76,7 +76,8 @@ from miyaq.gateway.webhook_shortage import ShortagePause
 from miyaq.logs import LogLimiter
 from miyaq.protocol.urls import url_for_logs
 from miyaq.runtime import Supervisor, green, monotonic, wall
-from miyaq.store.task import WEBHOOK_LANE_PREFIX, Task
+from miyaq.store.spec import WEBHOOK_LANE_PREFIX
+from miyaq.store.task import Task
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a bug met by every delivery would repeat for each: a few lines a minute

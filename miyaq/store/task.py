@@ -37,12 +37,12 @@ the same.
 from __future__ import annotations
 
 import gc
-import weakref
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from miyaq.runtime.heap import track, untrack
+from miyaq.store.spec import SPEC_FIELDS, Spec, spec_for
 
 SCHEDULED = "scheduled"   # waiting for its eta
 READY = "ready"           # in its queue, waiting for a consumer
@@ -53,65 +53,13 @@ DEAD = "dead"             # retries exhausted or rejected; in the dead-letter qu
 CANCELLED = "cancelled"
 EXPIRED = "expired"       # ttl passed before it started
 
-WEBHOOK_LANE_PREFIX = "@http/"   # '@' is not allowed in queue names
 
 LIVE_STATES = (SCHEDULED, READY, RUNNING, RETRYING)
 FINAL_STATES = (DONE, CANCELLED, EXPIRED)
 ALL_STATES = LIVE_STATES + (DEAD,) + FINAL_STATES
 
 
-SPEC_FIELDS = ("queue", "name", "url", "method", "priority", "max_retries", "backoff", "backoff_max",
-               "timeout", "replicas", "at_most_once")
 EXTRA_FIELDS = ("key", "meta", "expires", "error", "rank", "holders", "standby", "copy_wait")
-MAX_SPECS = 65_536     # interned specs in use at once; beyond, new ones are still correct, just not shared
-
-
-class Spec:
-    """What a kind of task shares; never changed once made (see :func:`spec_for`)."""
-
-    __slots__ = SPEC_FIELDS + ("lane", "__weakref__")
-
-    def __init__(self, queue: str, name: str | None, url: str | None, method: str, priority: int,
-                 max_retries: int, backoff: float, backoff_max: float, timeout: float, replicas: int,
-                 at_most_once: bool) -> None:
-        self.queue = queue
-        self.name = name
-        self.url = url
-        self.method = method
-        self.priority = priority
-        self.max_retries = max_retries
-        self.backoff = backoff
-        self.backoff_max = backoff_max
-        self.timeout = timeout
-        self.replicas = replicas
-        self.at_most_once = at_most_once
-        # The ready lane: named tasks wait in their queue's lane, webhook tasks
-        # in a lane of their own that only the webhook deliverer consumes.
-        self.lane = queue if url is None else WEBHOOK_LANE_PREFIX + queue
-
-    def values(self) -> tuple[Any, ...]:
-        """The field values in SPEC_FIELDS order (the key :func:`spec_for` interns by)."""
-        return (self.queue, self.name, self.url, self.method, self.priority, self.max_retries, self.backoff,
-                self.backoff_max, self.timeout, self.replicas, self.at_most_once)
-
-
-_specs: "weakref.WeakValueDictionary[tuple[Any, ...], Spec]" = weakref.WeakValueDictionary()
-
-
-def spec_for(*values: Any) -> Spec:
-    """The interned :class:`Spec` of these field values (in SPEC_FIELDS order).
-
-    A spec is kept for as long as a task uses it (a weak reference): queue
-    names, handler names and webhook URLs that producers make up, each used
-    once, leave nothing behind. Before 2026-12-05 every kind of task ever
-    seen was kept, up to ``MAX_SPECS``: 2.7 KB for each webhook URL of 2 KB,
-    up to 175 MB a node for good."""
-    spec = _specs.get(values)
-    if spec is None:
-        spec = Spec(*values)
-        if len(_specs) < MAX_SPECS:
-            _specs[values] = spec
-    return spec
 
 
 class Extra:
