@@ -18,7 +18,7 @@ from typing import Any
 
 import msgpack
 
-from miyaq.cluster.stream_numbering import StreamReceiver, topic
+from miyaq.cluster.stream_numbering import StreamReceiver, stream_silence, topic
 from miyaq.cluster.stream_port import (
     STREAM_UNREAD_BUDGET, SUBSCRIPTION_LOOK, SubscriberGuard, listening_port, wire_size,
 )
@@ -32,6 +32,22 @@ from miyaq.runtime.sockets import SocketFactory, heartbeat_options, zmq
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # a flood of oversized messages: a few lines a minute
+
+
+def subscriber_heartbeats(peer_heartbeat_timeout: float) -> tuple[int, int]:
+    """The ZMTP heartbeats (interval, timeout in ms) of a node's SUB: its
+    timeout is a stream's silence (:func:`stream_silence`, 6 s at the
+    default ``peer_heartbeat_timeout``), a PING every fifth of it.
+
+    libzmq hears the answer to a PING only behind the stream message in
+    front of it, so the timeout must exceed the time the largest stream
+    message takes to cross: the stream's silence already must (a longer
+    silence asks for a resync), so a slow-but-alive link that keeps its
+    stream keeps its connection too (docs/operations.md, "Slow links").
+    With them a connection the publisher dropped during a partition is
+    dropped here too and dialled again, within the connect timeout of
+    each try (:meth:`~miyaq.runtime.sockets.SocketFactory.subscriber`)."""
+    return heartbeat_options(stream_silence(peer_heartbeat_timeout))
 
 
 class ZmqStreamPublisher(StreamSender):
@@ -163,12 +179,13 @@ class ZmqStreamSubscriber(StreamReceiver):
     whole message or find none."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, node_id: str, apply: Apply,
-                 resync: AskResync) -> None:
+                 resync: AskResync,
+                 heartbeat_ms: tuple[int, int] = subscriber_heartbeats(PEER_HEARTBEAT_TIMEOUT)) -> None:
         super().__init__(node_id, apply, resync)
         self.supervisor = supervisor
         # [topic, body], at most frame_limit bytes: a refused message is dropped
         # like a lost one (the gap it leaves asks for a resync).
-        self.sub = sockets.hub_subscriber([topic(node_id)], max_frames=2)
+        self.sub = sockets.hub_subscriber([topic(node_id)], max_frames=2, heartbeat_ms=heartbeat_ms)
         self.connected: dict[str, str] = {}
         self.dropping: set[str] = set()     # endpoints the reader disconnects between messages
         self._closed = False

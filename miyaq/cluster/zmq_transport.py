@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from miyaq.cluster.peer import PeerEndpoint
-from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber
+from miyaq.cluster.stream import ZmqStreamPublisher, ZmqStreamSubscriber, subscriber_heartbeats
 from miyaq.cluster.transport import Apply, AskResync
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
 from miyaq.core.binding import binding, peer_port, pub_port
@@ -19,12 +19,14 @@ class ZmqTransport:
     tests and ``miyaq chaos``: ``MIYAQ_FAULT_STREAM_DROP``); ``guard`` checks
     each peer request's key (with keys; the sockets' factory then runs CURVE);
     ``heartbeat_timeout``: seconds the other nodes may leave the PUB's and the
-    peer sockets' ZMTP heartbeats unanswered (``peer_heartbeat_timeout``)."""
+    peer sockets' ZMTP heartbeats unanswered (``peer_heartbeat_timeout``); the
+    SUB's own wait a stream's silence (:func:`subscriber_heartbeats`)."""
 
     def __init__(self, sockets: SocketFactory, supervisor: Supervisor, peer_bind: str, pub_bind: str,
                  drop_ratio: float = 0.0, guard: Guard | None = None,
                  heartbeat_timeout: float = PEER_HEARTBEAT_TIMEOUT) -> None:
         self.heartbeat_ms = heartbeat_options(heartbeat_timeout)
+        self.subscriber_heartbeat_ms = subscriber_heartbeats(heartbeat_timeout)
         self.guard = guard
         self.sockets = sockets
         self.supervisor = supervisor
@@ -43,4 +45,5 @@ class ZmqTransport:
                                       heartbeat_ms=self.heartbeat_ms, supervisor=self.supervisor)
 
     def subscriber(self, node_id: str, apply: Apply, resync: AskResync) -> ZmqStreamSubscriber:
-        return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync)
+        return ZmqStreamSubscriber(self.sockets, self.supervisor, node_id, apply, resync,
+                                   heartbeat_ms=self.subscriber_heartbeat_ms)

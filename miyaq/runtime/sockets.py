@@ -249,24 +249,36 @@ class SocketFactory(SocketMonitors):
         return sock
 
     # -- connecting sockets -------------------------------------------------------
-    def subscriber(self, topics: list[bytes], *, plain: bool = False) -> Any:
+    def subscriber(self, topics: list[bytes], *, plain: bool = False,
+                   heartbeat_ms: tuple[int, int] | None = None) -> Any:
         """A SUB subscribed to ``topics``; connect it to publishers as they
         appear. Frames over :attr:`frame_limit` drop the connection.
-        ``plain`` as for :meth:`router`."""
+        ``plain`` as for :meth:`router`. ``heartbeat_ms`` (interval, timeout):
+        ZMTP heartbeats of the SUB's own, so a connection to a publisher that
+        went silent is dropped and dialled again. A SUB sends nothing else
+        after its subscriptions: without them a connection the publisher
+        dropped during a partition (its FIN lost) stayed open on this side,
+        silent, until the publisher's kernel resent that FIN at its doubling
+        timeout, or for good once it had given up."""
         sock = self.ctx.socket(zmq.SUB, socket_class=zmq.Socket if plain else None)
         sock.setsockopt(zmq.MAXMSGSIZE, self.frame_limit)
+        self._heartbeats(sock, heartbeat_ms)
+        self._dial_timeout(sock, heartbeat_ms)
         self._common(sock, HWM, HWM)
         self._connect_as_client(sock)
         for topic in topics:
             sock.setsockopt(zmq.SUBSCRIBE, topic)
         return sock
 
-    def hub_subscriber(self, topics: list[bytes], max_frames: int) -> HubSocket:
+    def hub_subscriber(self, topics: list[bytes], max_frames: int,
+                       heartbeat_ms: tuple[int, int] | None = None) -> HubSocket:
         """:meth:`subscriber`'s socket as a :class:`HubSocket` (a green factory
         only), its messages read with :func:`recv_bounded`: at most
-        ``max_frames`` frames and :attr:`frame_limit` bytes."""
+        ``max_frames`` frames and :attr:`frame_limit` bytes; ``heartbeat_ms``
+        as for :meth:`subscriber`."""
         from .hub_socket import HubSocket
-        return HubSocket(self.subscriber(topics, plain=True), limits=(max_frames, self.frame_limit))
+        return HubSocket(self.subscriber(topics, plain=True, heartbeat_ms=heartbeat_ms),
+                         limits=(max_frames, self.frame_limit))
 
     def dealer(self, connect: str | None = None, *, identity: bytes | None = None,
                immediate: bool = False, sndhwm: int = HWM, reconnect_ms: tuple[int, int] | None = None,
@@ -279,7 +291,9 @@ class SocketFactory(SocketMonitors):
         as for :meth:`router`; ``bounded`` limits each incoming frame to
         :attr:`frame_limit` (a node's link to its peers); ``heartbeat_ms`` as
         for :meth:`router` (with ``immediate``, a connection dropped for its
-        silence takes what was queued for it along). An endpoint libzmq
+        silence takes what was queued for it along), and with them a TCP
+        connect attempt is abandoned after the heartbeat timeout
+        (:meth:`_dial_timeout`). An endpoint libzmq
         refuses raises :class:`~miyaq.errors.ConfigError` (the socket closed)."""
         sock = self.ctx.socket(zmq.DEALER, socket_class=zmq.Socket if plain else None)
         if bounded:
@@ -292,6 +306,7 @@ class SocketFactory(SocketMonitors):
             sock.setsockopt(zmq.RECONNECT_IVL, reconnect_ms[0])
             sock.setsockopt(zmq.RECONNECT_IVL_MAX, reconnect_ms[1])
         self._heartbeats(sock, heartbeat_ms)
+        self._dial_timeout(sock, heartbeat_ms)
         self._common(sock, sndhwm, HWM)
         self._connect_as_client(sock)
         if connect is not None:
@@ -352,6 +367,27 @@ class SocketFactory(SocketMonitors):
         if heartbeat_ms is not None:
             sock.setsockopt(zmq.HEARTBEAT_IVL, heartbeat_ms[0])
             sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, heartbeat_ms[1])
+
+    @staticmethod
+    def _dial_timeout(sock: Any, heartbeat_ms: tuple[int, int] | None) -> None:
+        """A connecting socket with heartbeats abandons a TCP connect attempt
+        that has not completed within the heartbeat timeout (libzmq
+        ``CONNECT_TIMEOUT``) and starts a new one at its reconnect interval.
+
+        Without it an attempt begun while the other host cannot be reached
+        waits on the kernel's SYN backoff, which doubles (1, 3, 7, 15, 31 s
+        after the first on most kernels; 1 s apart for the first four, then
+        doubling, on Linux 6.18): a node's link dropped by its heartbeat
+        during a partition crossed again up to about the partition's length
+        after the heal (docs/operations.md, "After a partition heals").
+        The heartbeat timeout is the longest a live peer may leave a PING
+        unanswered, and a handshake is three small packets: a link on which
+        one takes longer is one the heartbeat gives up on anyway, so no
+        slow-but-alive link is refused a connection that it could keep.
+        Only TCP connects have such a timeout (``ipc://`` ones complete or
+        fail at once)."""
+        if heartbeat_ms is not None:
+            sock.setsockopt(zmq.CONNECT_TIMEOUT, heartbeat_ms[1])
 
     @staticmethod
     def _common(sock: Any, sndhwm: int, rcvhwm: int) -> None:
