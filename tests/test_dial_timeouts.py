@@ -10,10 +10,10 @@ most kernels): a peer link crossed again up to about the partition's length
 after the heal. The SUB sent no heartbeats: a connection the publisher
 dropped during the partition stayed open on the SUB's side until the
 publisher's kernel resent its FIN at a doubling timeout (6.4 s after a 20 s
-partition, /tmp/reconnect probe of 2026-12-07, docs/operations.md "After a
-partition heals"). The options are read back from the sockets each part
-really makes; tests/test_partition_heal_netns.py shows a link crossing again
-after a healed partition.
+partition, 2026-12-07: docs/operations.md, "After a partition heals").
+The options are read back from the sockets each part really makes;
+tests/test_partition_heal_netns.py shows a link crossing again after a
+healed partition.
 """
 from __future__ import annotations
 

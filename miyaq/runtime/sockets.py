@@ -4,7 +4,7 @@ Every ZeroMQ socket of miyaq -- the node's service and peer ROUTERs, the
 replication PUB and SUB, the peer DEALERs, the worker's link and heartbeat
 DEALERs, the client's DEALERs -- comes from a :class:`SocketFactory`, so each
 kind's options (high-water marks, ``ROUTER_MANDATORY``, linger, size limits,
-reconnect intervals) are written once, and security (CURVE) can be applied in
+reconnect intervals, heartbeats and connect timeouts) are written once, and security (CURVE) can be applied in
 one place. What watches the sockets' connections and handshakes (libzmq's
 socket monitors) is the factory's base, :mod:`.socket_monitors`.
 
