@@ -13,16 +13,13 @@ publisher's kernel resent its FIN at a doubling timeout (6.4 s after a 20 s
 partition, 2026-12-07: docs/operations.md, "After a partition heals").
 The options are read back from the sockets each part really makes;
 tests/test_partition_heal_netns.py shows a link crossing again after a
-healed partition.
+healed partition. A client's connections: tests/test_client_arguments.py,
+``test_heartbeat_timeout_sets_each_connections_zmtp_heartbeats``.
 """
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 
-import miyaq
-import miyaq.aio
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.zmq_transport import ZmqTransport
 from miyaq.runtime import Supervisor
@@ -101,27 +98,6 @@ def test_a_worker_s_link_gives_up_a_connect_after_its_node_timeout(thread_worker
     link = worker.links[0]
     wait_for(lambda: link.heard, what="the worker registered")
     assert _dialling(link.sock.sock) == (2400, 12000, 12000)
-
-
-@pytest.mark.parametrize("flavour", ["threads", "gevent", "asyncio"])
-def test_a_client_s_connections_give_up_a_connect_after_its_heartbeat_timeout(flavour):
-    """Every client flavour: ``heartbeat_timeout`` (10 s by default) is each
-    connection's connect timeout."""
-    endpoints = ["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]
-    if flavour == "asyncio":
-        clients: list = [miyaq.aio.Client(endpoints, heartbeat_timeout=2.5), miyaq.aio.Client(endpoints)]
-    else:
-        clients = [miyaq.Client(endpoints, heartbeat_timeout=2.5, green=flavour == "gevent"),
-                   miyaq.Client(endpoints, green=flavour == "gevent")]
-    try:
-        for client, expected in zip(clients, [(500, 2500, 2500), (2000, 10000, 10000)]):
-            assert [_dialling(s) for s in client._io.socks] == [expected] * 2
-    finally:
-        for client in clients:
-            if flavour == "asyncio":
-                asyncio.run(client.close(flush=False))
-            else:
-                client.close()
 
 
 def test_a_socket_without_heartbeats_keeps_the_kernel_s_connect_timeout():
