@@ -19,6 +19,7 @@ healed partition. A client's connections: tests/test_client_arguments.py,
 from __future__ import annotations
 
 import pytest
+import zmq as plain_zmq
 
 from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.zmq_transport import ZmqTransport
@@ -98,11 +99,43 @@ def test_a_worker_s_link_gives_up_a_connect_after_its_node_timeout(thread_worker
     link = worker.links[0]
     wait_for(lambda: link.heard, what="the worker registered")
     assert _dialling(link.sock.sock) == (2400, 12000, 12000)
+    assert worker.pulse.heartbeat_ms == (2400, 12000)      # its heartbeat thread's sockets: below
+
+
+def test_a_worker_s_heartbeat_thread_dials_each_node_with_heartbeats_of_its_node_timeout(monkeypatch):
+    """The side heartbeats' DEALER to each node (a thread's own socket,
+    ``miyaq.worker.pulse``) has ZMTP heartbeats of ``node_timeout`` and gives
+    up a connect after it. Fault: it had neither; after a partition longer
+    than the node's patience its beats crossed again only at TCP's next
+    retransmission, as late after the heal as the partition had lasted."""
+    from miyaq.testing.harness import wait_for
+    from miyaq.worker.pulse import Pulse
+    router = plain_zmq.Context.instance().socket(plain_zmq.ROUTER)
+    router.setsockopt(plain_zmq.LINGER, 0)
+    endpoint = f"tcp://127.0.0.1:{router.bind_to_random_port('tcp://127.0.0.1')}"
+    pulse = Pulse("w-dial", [endpoint], 0.02, node_timeout=7.0)
+    real_dealer = pulse.factory.dealer
+    made: list[tuple[int, int, int]] = []
+
+    def dealer(connect: str, **options: object) -> object:
+        sock = real_dealer(connect, **options)
+        made.append(_dialling(sock))        # in the thread that owns the socket
+        return sock
+
+    monkeypatch.setattr(pulse.factory, "dealer", dealer)
+    try:
+        pulse.start()
+        wait_for(lambda: made, what="the heartbeat thread's socket")
+        assert made == [(1400, 7000, 7000)]
+        wait_for(lambda: router.poll(0), what="a side heartbeat at the node")
+    finally:
+        pulse.stop()
+        router.close(0)
 
 
 def test_a_socket_without_heartbeats_keeps_the_kernel_s_connect_timeout():
-    """No heartbeat, no limit of the factory's own (the worker's pulse DEALER,
-    its processes' ``ipc://`` links): CONNECT_TIMEOUT stays libzmq's 0."""
+    """No heartbeat, no limit of the factory's own (a worker's processes'
+    ``ipc://`` links, the bench's sockets): CONNECT_TIMEOUT stays libzmq's 0."""
     sockets = SocketFactory(green=False)
     try:
         dealer = sockets.dealer(f"tcp://127.0.0.1:{free_port()}")

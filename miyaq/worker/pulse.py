@@ -44,7 +44,7 @@ from ..protocol import codec
 from ..protocol import commands as c
 from ..runtime import green
 from ..runtime.open_files import open_files_hint, room_for
-from ..runtime.sockets import SocketFactory, SocketSecurity, zmq
+from ..runtime.sockets import SocketFactory, SocketSecurity, heartbeat_options, zmq
 from .config import HUB_STALL_WARN, HUB_TICK, PULSE_SNDHWM
 from .loop_watch import LoopWatch, StallWatch
 
@@ -63,9 +63,19 @@ class Pulse:
     called in the thread while the hub is held, it must only read."""
 
     def __init__(self, wid: str, endpoints: list[str], interval: float,
-                 security: SocketSecurity | None = None, running: Callable[[], list[str]] | None = None) -> None:
+                 security: SocketSecurity | None = None, running: Callable[[], list[str]] | None = None,
+                 node_timeout: float | None = None) -> None:
+        """``node_timeout`` (the worker's ``--node-timeout``): ZMTP heartbeats
+        on each socket to a node, as on the worker's link: a connection the
+        node leaves silent that long is dropped, and a connect attempt given
+        up after it (:meth:`~miyaq.runtime.sockets.SocketFactory.dealer`), so
+        the beats cross again within seconds of a partition's heal rather than
+        at TCP's next retransmission (docs/operations.md, "After a partition
+        heals"). None: no heartbeats (the kernel's timeouts)."""
         self.wid = wid
         self.running = running
+        #: The (interval, timeout) ms of each socket's ZMTP heartbeats (None: none).
+        self.heartbeat_ms = heartbeat_options(node_timeout) if node_timeout is not None else None
         # When the hub last ran (real time: a test's clock.advance is no stall); set by hub_runs(),
         # None while nothing says so (not started, or the worker stops): not watched.
         self.hub_seen: float | None = None
@@ -198,7 +208,8 @@ class Pulse:
                         # half-built object whose finalizer prints a traceback.
                         raise zmq.ZMQError(errno.EMFILE)
                     # immediate: never queue beats for a node that is not there
-                    socks[endpoint] = self.factory.dealer(endpoint, immediate=True, sndhwm=PULSE_SNDHWM)
+                    socks[endpoint] = self.factory.dealer(endpoint, immediate=True, sndhwm=PULSE_SNDHWM,
+                                                          heartbeat_ms=self.heartbeat_ms)
                 except zmq.ZMQError as exc:
                     complete = False
                     _log.warning("socket", "worker %s: the heartbeat thread cannot open a socket to node %s: %s%s; "

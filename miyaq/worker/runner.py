@@ -132,7 +132,8 @@ class Worker(Intake, Stopping):
         self.executed = 0
         self._stopped = green.Event()
         self._hurry = green.Event()     # asked again to stop: wait no longer for running handlers
-        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security, running=self._running_names)
+        self.pulse = Pulse(self.wid, self.endpoints, cfg.heartbeat, security, running=self._running_names,
+                           node_timeout=cfg.node_timeout)
         self.watchdog = Watchdog(self.wid, lambda: [*self.running.values(), *self.superseded], self._interrupt,
                                  looks=self.pulse.hub_runs)
         if self.aio is not None:
