@@ -13,7 +13,7 @@ its own inside its namespace.
 
 Why the bound is not a flaky timing assertion: what it separates are two
 waits of the kernel that differ by several seconds, not a race. Both
-namespaces back off SYNs as kernels before 6.18 do (1, 3, 7, 15, 31 s
+namespaces back off SYNs as kernels before 6.5 do (1, 3, 7, 15, 31 s
 after the first: ``tcp_syn_linear_timeouts=0`` where the setting exists).
 Before the fix the DEALER's connect, begun at the cut, sent its SYNs at
 0, 1, 3, 7, 15 and 31 s: the first after a 16 s cut 15 s after the heal.
@@ -189,7 +189,7 @@ def test_after_a_healed_partition_a_stream_and_a_peer_link_dialled_during_it_cro
     nodes: list[_Node] = []
     try:
         for index in (0, 1):
-            # Kernels before 6.18 back off SYNs 1, 3, 7, 15 s...; 6.18 sends the first four 1 s apart.
+            # Kernels before 6.5 back off SYNs 1, 3, 7, 15 s...; 6.5 and later send the first four 1 s apart.
             subprocess.run(["ip", "netns", "exec", net.netns(index), "sysctl", "-qw",
                             "net.ipv4.tcp_syn_linear_timeouts=0"], capture_output=True, timeout=10, check=False)
         port = free_port()

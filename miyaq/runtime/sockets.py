@@ -376,8 +376,8 @@ class SocketFactory(SocketMonitors):
 
         Without it an attempt begun while the other host cannot be reached
         waits on the kernel's SYN backoff, which doubles (1, 3, 7, 15, 31 s
-        after the first on most kernels; 1 s apart for the first four, then
-        doubling, on Linux 6.18): a node's link dropped by its heartbeat
+        after the first before Linux 6.5; from 6.5 1 s apart for the first
+        four, then doubling): a node's link dropped by its heartbeat
         during a partition crossed again up to about the partition's length
         after the heal (docs/operations.md, "After a partition heals").
         The heartbeat timeout is the longest a live peer may leave a PING
