@@ -284,3 +284,40 @@ def test_a_dead_event_carrying_a_record_counts_its_error_and_its_record_against_
     event = ["D", task.id, 1, error, lost_record(task)]
     assert event_size(event) >= len(msgpack.packb(event))
     assert event_size(event) >= event_size(["D", task.id, 1, error]) + len(msgpack.packb(lost_record(task)))
+
+
+def test_a_dead_event_record_cannot_take_another_tasks_dedup_key_or_queue(inproc):
+    """Fault: a peer's ``D`` event (or a SYNC record) of a dead letter
+    without arguments carries a ``key`` its placeholder here never had --
+    the key of another task n3 holds live. Before the fix the record was
+    installed as it came: n3's dedup key pointed at the dead letter, so a
+    producer's resend with that key was answered with the wrong task, and
+    the live task's submit was no longer deduplicated once the dead letter
+    was purged. A record of another queue than its placeholder's made the
+    dead letter there. The placeholder is the authority on both: the key
+    is its own, and a record of another queue is refused and counted."""
+    cluster = inproc(3, replicas=3)
+    task_id, _ = _started_on_n1(cluster)
+    other = cluster.task_id()
+    cluster.submit_accepted("n1", other, name="tasks.other", key="order-42", countdown=3600)
+    n3 = cluster["n3"]
+    cluster.wait_until(lambda: n3.state(other) is not None, what="n3's copy of the keyed task")
+    assert n3.engine.table.keys["order-42"] == other
+    lease = n3.engine.placeholder_leases[task_id]
+    refused = n3.role.refusals.total()
+    elsewhere = Task(task_id, "another", "tasks.charge", b"", at_most_once=True, replicas=3)
+    elsewhere.holders, elsewhere.meta = lease.holders, {ARGS_LOST: "n1"}
+    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(elsewhere)]])
+    elsewhere.state, elsewhere.error = DEAD, ERROR      # the same dead letter from a resync
+    assert not n3.role.copies.installer.install(task_record(elsewhere), wall(), "sync", "n2")
+    assert n3.role.refusals.total() == refused + 2
+    assert n3.state(task_id) == STARTED_ELSEWHERE and "another" not in n3.engine.counts
+    keyed = Task(task_id, "default", "tasks.charge", b"", key="order-42", at_most_once=True, replicas=3)
+    keyed.holders, keyed.meta = lease.holders, {ARGS_LOST: "n1"}
+    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(keyed)]])
+    dead = _dead(cluster, "n3", task_id)
+    assert dead.key is None and args_lost(dead) == "n1"
+    assert n3.engine.table.keys["order-42"] == other
+    assert n3.engine.dead_purge(None, [task_id]) == 1
+    assert n3.engine.table.keys["order-42"] == other
+    assert not cluster.crashes()

@@ -123,8 +123,12 @@ class CopyInstaller:
                 # letter (any other tombstone stays: miyaq.core.placeholders).
                 task.holders = tuple(holders)
                 task.rank = holders.index(role.node_id)
-                with role.events.applying_remote():
-                    engine.dead_without_args(task, task.error, now)
+                try:
+                    with role.events.applying_remote():
+                        engine.dead_without_args(task, task.error, now)
+                except InvalidField as err:     # a record its placeholder contradicts (queue, at most once)
+                    role.refusals.refuse(source, sender, err)
+                    return False
                 return True
             # Over already: not stored. If this node heard the end first (no
             # copy then), the copy is counted now, as a stored one would be;

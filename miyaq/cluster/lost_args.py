@@ -46,9 +46,8 @@ def dead_without_args(role: ClusterRole, src: str, ev: list[Any], now: float) ->
         if task.id != ev[1] or not task.at_most_once or args_lost(task) is None:
             raise InvalidField("a DEAD event's record must be its at-most-once task's, its arguments lost",
                                field="event")
+        task.attempt = ev[2]
+        task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
+        role.engine.dead_without_args(task, ev[3], now)     # refuses a record its placeholder contradicts
     except InvalidField as err:
         role.refusals.refuse("stream", src, err)
-        return
-    task.attempt = ev[2]
-    task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
-    role.engine.dead_without_args(task, ev[3], now)

@@ -48,6 +48,7 @@ import msgpack
 
 from miyaq.config import NodeConfig
 from miyaq.core.transitions import Transitions
+from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
 from miyaq.protocol.failurespec import cut_error
 from miyaq.protocol.recordspec import STARTED_ELSEWHERE
@@ -200,13 +201,26 @@ class Placeholders(Transitions):
         holders told (its ``D`` event carries its record). For :meth:`fail_placeholder`, and for
         another holder's ``D`` event, SYNC or handoff of such a dead letter
         (:mod:`miyaq.cluster`). False, changing nothing, if this node holds
-        no such placeholder (a copy of its own, or another end)."""
+        no such placeholder (a copy of its own, or another end).
+
+        The placeholder is the authority on what it knows of the task: the
+        dead letter takes its dedup key (a record's own is not looked at),
+        and a record of another queue, or of a task that is not
+        at-most-once, is refused (:class:`~miyaq.errors.InvalidField`,
+        nothing changed). Before 2026-12-08 a ``D`` event's or SYNC's
+        record was taken as it came: one naming another live task's key
+        took that key here (its producer's resend answered with the dead
+        letter, and no dedup once it was purged)."""
         task_id = task.id
         table = self.table
         stone = table.tombstone(task_id)
         if (stone is None or stone.state != STARTED_ELSEWHERE or args_lost(task) is None
                 or task_id in table.live or task_id in table.dead):
             return False
+        if task.queue != stone.queue or not task.at_most_once:
+            raise InvalidField(f"a dead letter without its arguments must be of its placeholder's queue "
+                               f"({stone.queue}) and at most once: task {task_id}", field="record")
+        task.key = stone.key
         self.drop_placeholder_lease(task_id)
         table.drop_tombstone(task_id)
         task.state, task.error = SCHEDULED, None
