@@ -539,3 +539,39 @@ def test_the_bound_on_a_results_json_holds_for_the_densest_msgpack():
         shown = json.dumps({"id": "t", "state": "done", "done": True, **convert.result_fields(packed)},
                            separators=(",", ":"), ensure_ascii=False).encode()
         assert least_result(len(packed)) <= len(shown), packed[:12]
+
+
+def test_the_bound_on_a_results_json_holds_for_a_map_that_repeats_a_key():
+    """Fault: a worker (of another language, or a hostile one) stores a
+    result whose msgpack map holds one key many times: 400 pairs of a
+    1,000-byte key, 400 KB. Decoded, the map kept its last pair, and the
+    JSON answer was 1 KB while least_result said at least 80 KB: a client
+    near its share was refused 503 unbuilt an answer that would never have
+    been counted (it is under SMALL_ANSWER), and the JSON showed one pair
+    of the 400 stored. Such a result now goes as ``result_base64``, whole,
+    and longer than its bound; a map of distinct keys as before."""
+    import base64
+
+    import msgpack
+
+    from miyaq.errors import BadEncoding, TooManyValues
+    from miyaq.gateway import convert
+    from miyaq.gateway.answers import SMALL_ANSWER, least_result
+    from miyaq.protocol import codec
+
+    pairs = 400
+    pair = msgpack.packb("k" * 1000) + msgpack.packb(0)
+    packed = b"\xdf" + pairs.to_bytes(4, "big") + pair * pairs
+    assert least_result(len(packed)) > SMALL_ANSWER
+    fields = convert.result_fields(packed)
+    assert "result" not in fields and base64.b64decode(fields["result_base64"]) == packed
+    shown = json.dumps({"id": "t", "state": "done", "done": True, **fields}, separators=(",", ":")).encode()
+    assert least_result(len(packed)) <= len(shown)
+    distinct = msgpack.packb({f"{i:04d}" + "k" * 996: 0 for i in range(pairs)})
+    assert len(convert.result_fields(distinct)["result"]) == pairs
+    # The decode that counts values (a body of more bytes than max_values) finds the repeat too.
+    with pytest.raises(BadEncoding):
+        codec.unpack(packed, max_values=len(packed) - 1, strict_keys=True, unique_keys=True)
+    assert len(codec.unpack(distinct, max_values=len(distinct) - 1, unique_keys=True)) == pairs
+    with pytest.raises(TooManyValues):
+        codec.unpack(distinct, max_values=pairs, unique_keys=True)

@@ -82,7 +82,10 @@ LEAST_HEADER = len(json.dumps({key: 0 for key in ("id", "queue", "state", "prior
                                                    "max_retries", "timeout")}, separators=(",", ":"))) + 1
 #: A result or payload of N bytes of msgpack is at least N / this bytes of
 #: JSON: the worst is an array of 9-byte integers 0 (``0,``: 4.5 to 1); a
-#: value JSON cannot hold goes as base64, longer than its bytes.
+#: value JSON cannot hold goes as base64, longer than its bytes -- so does a
+#: map that holds a key twice (:func:`miyaq.gateway.convert.result_fields`),
+#: whose JSON would keep one pair of them (before 2026-12-08: 400 KB of
+#: one key's pairs shown in 1 KB, and refused unbuilt as at least 80 KB).
 MSGPACK_PER_JSON = 5
 
 #: One client holds at most the budget divided by this (a quarter): four

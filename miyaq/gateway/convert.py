@@ -97,11 +97,15 @@ def _json_ready(value: Any) -> bool:
 
 
 def result_fields(raw: bytes | None) -> dict[str, Any]:
-    """``{"result": ...}`` for a msgpack result JSON can hold, else ``{"result_base64": ...}``."""
+    """``{"result": ...}`` for a msgpack result JSON can hold, else
+    ``{"result_base64": ...}`` -- also for one with a map that holds a key
+    twice: decoded, it keeps the last, so the JSON would not show what was
+    stored, and could be far shorter than its bytes (the gateway counts on
+    a fifth of them at least: :func:`miyaq.gateway.answers.least_result`)."""
     if raw is None:
         return {}
     try:
-        value = codec.unpack(raw, strict_keys=True)
+        value = codec.unpack(raw, strict_keys=True, unique_keys=True)
     except Exception:  # noqa: BLE001 - not msgpack, or past codec.MAX_VALUES: the bytes as they are
         value = raw
     if not isinstance(value, bytes) and _json_ready(value):

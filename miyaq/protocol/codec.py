@@ -62,12 +62,29 @@ def pause_collector_from(size: int) -> None:
     PAUSE_FROM = size
 
 
-def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = False) -> Any:
+class _RepeatedKey(Exception):
+    """Raised inside the decoder's map hook (``unique_keys``): a map holds a key twice."""
+
+
+def _unique_map(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        raise _RepeatedKey
+    return value
+
+
+def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = False,
+           unique_keys: bool = False) -> Any:
     """Decode one msgpack body of untrusted origin, at most ``max_values``
     values (in a node, the cycle collector paused for a body of
     ``PAUSE_FROM`` bytes or more). Raises :class:`~miyaq.errors.TooManyValues` past that bound and
     :class:`~miyaq.errors.BadEncoding` for anything that is not msgpack
-    (with ``strict_keys``, a map key that is not a string or bytes too).
+    (with ``strict_keys``, a map key that is not a string or bytes too;
+    with ``unique_keys``, a map that holds a key twice: Python keeps the
+    last, so its bytes would decode to far fewer values -- a map of 400
+    pairs of one 1,000-byte key, 400 KB, to one pair. The gateway shows a
+    result's JSON only if it holds what its bytes hold, so its size is at
+    least their fifth: :func:`miyaq.gateway.answers.least_result`).
 
     Every value takes at least one byte, so a body of at most ``max_values``
     bytes cannot pass the bound and is decoded as it is; a longer one is
@@ -76,19 +93,23 @@ def unpack(data: bytes, max_values: int = MAX_VALUES, *, strict_keys: bool = Fal
     size = len(data)
     if size < PAUSE_FROM and size <= max_values:      # the common case, without a call more
         try:
+            if unique_keys:
+                return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys, object_pairs_hook=_unique_map)
             return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys)
         except Exception as exc:  # msgpack raises several unrelated types
             raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
     if size >= PAUSE_FROM:
         with collector_paused():
-            return _unpack(data, max_values, strict_keys)
-    return _unpack(data, max_values, strict_keys)
+            return _unpack(data, max_values, strict_keys, unique_keys)
+    return _unpack(data, max_values, strict_keys, unique_keys)
 
 
-def _unpack(data: bytes, max_values: int, strict_keys: bool) -> Any:
+def _unpack(data: bytes, max_values: int, strict_keys: bool, unique_keys: bool = False) -> Any:
     """:func:`unpack` of a body of ``PAUSE_FROM`` bytes or more, or more than ``max_values``."""
     if len(data) <= max_values:
         try:
+            if unique_keys:
+                return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys, object_pairs_hook=_unique_map)
             return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys)
         except Exception as exc:  # msgpack raises several unrelated types
             raise BadEncoding(f"body is not valid msgpack: {exc.__class__.__name__}") from None
@@ -108,9 +129,17 @@ def _unpack(data: bytes, max_values: int, strict_keys: bool) -> Any:
             raise _TooManyValues
         return value
 
+    def pairs_seen(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+        nonlocal left
+        left -= 2 * len(pairs) + 1
+        if left < 0:
+            raise _TooManyValues
+        return _unique_map(pairs)
+
+    maps: dict[str, Any] = {"object_pairs_hook": pairs_seen} if unique_keys else {"object_hook": map_seen}
     try:
         return msgpack.unpackb(data, raw=False, strict_map_key=strict_keys, list_hook=array_seen,
-                               object_hook=map_seen, max_array_len=max_values, max_map_len=max_values)
+                               max_array_len=max_values, max_map_len=max_values, **maps)
     except _TooManyValues:
         pass
     except ValueError as exc:
