@@ -294,8 +294,10 @@ def test_a_dead_event_record_cannot_take_another_tasks_dedup_key_or_queue(inproc
     producer's resend with that key was answered with the wrong task, and
     the live task's submit was no longer deduplicated once the dead letter
     was purged. A record of another queue than its placeholder's made the
-    dead letter there. The placeholder is the authority on both: the key
-    is its own, and a record of another queue is refused and counted."""
+    dead letter there, and a SYNC record not at-most-once was taken too
+    (the ``D`` event's check alone refused that). The placeholder is the
+    authority: the key is its own, and a record of another queue, or not
+    at-most-once, is refused and counted."""
     cluster = inproc(3, replicas=3)
     task_id, _ = _started_on_n1(cluster)
     other = cluster.task_id()
@@ -310,7 +312,10 @@ def test_a_dead_event_record_cannot_take_another_tasks_dedup_key_or_queue(inproc
     apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(elsewhere)]])
     elsewhere.state, elsewhere.error = DEAD, ERROR      # the same dead letter from a resync
     assert not n3.role.copies.installer.install(task_record(elsewhere), wall(), "sync", "n2")
-    assert n3.role.refusals.total() == refused + 2
+    twice = Task(task_id, "default", "tasks.charge", b"", at_most_once=False, replicas=3)    # may run again
+    twice.holders, twice.meta, twice.state, twice.error = lease.holders, {ARGS_LOST: "n1"}, DEAD, ERROR
+    assert not n3.role.copies.installer.install(task_record(twice), wall(), "sync", "n2")
+    assert n3.role.refusals.total() == refused + 3
     assert n3.state(task_id) == STARTED_ELSEWHERE and "another" not in n3.engine.counts
     keyed = Task(task_id, "default", "tasks.charge", b"", key="order-42", at_most_once=True, replicas=3)
     keyed.holders, keyed.meta = lease.holders, {ARGS_LOST: "n1"}
