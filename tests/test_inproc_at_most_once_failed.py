@@ -286,18 +286,20 @@ def test_a_dead_event_carrying_a_record_counts_its_error_and_its_record_against_
     assert event_size(event) >= event_size(["D", task.id, 1, error]) + len(msgpack.packb(lost_record(task)))
 
 
-def test_a_dead_event_record_cannot_take_another_tasks_dedup_key_or_queue(inproc):
+def test_a_dead_letter_heard_from_another_holder_never_takes_a_key_another_task_holds(inproc):
     """Fault: a peer's ``D`` event (or a SYNC record) of a dead letter
-    without arguments carries a ``key`` its placeholder here never had --
-    the key of another task n3 holds live. Before the fix the record was
+    without arguments names a ``key`` its placeholder here never had -- the
+    key of another task n3 holds live. Before the fix the record was
     installed as it came: n3's dedup key pointed at the dead letter, so a
     producer's resend with that key was answered with the wrong task, and
-    the live task's submit was no longer deduplicated once the dead letter
-    was purged. A record of another queue than its placeholder's made the
-    dead letter there, and a SYNC record not at-most-once was taken too
-    (the ``D`` event's check alone refused that). The placeholder is the
-    authority: the key is its own, and a record of another queue, or not
-    at-most-once, is refused and counted."""
+    once the dead letter was purged the key deduplicated nothing while the
+    live task went on (a REPLICATE'd copy naming a held key is refused,
+    this path checked nothing). A SYNC record of a task that is not
+    at-most-once replaced the placeholder too (the ``D`` event's check alone
+    refused that). Now the dead letter keeps its placeholder's key, never
+    one another task holds, and such a record is refused and counted. A
+    placeholder heard from a resync before its copy (a ghost: queue
+    ``default``, no key) takes the record's queue and a key no task holds."""
     cluster = inproc(3, replicas=3)
     task_id, _ = _started_on_n1(cluster)
     other = cluster.task_id()
@@ -306,23 +308,29 @@ def test_a_dead_event_record_cannot_take_another_tasks_dedup_key_or_queue(inproc
     cluster.wait_until(lambda: n3.state(other) is not None, what="n3's copy of the keyed task")
     assert n3.engine.table.keys["order-42"] == other
     lease = n3.engine.placeholder_leases[task_id]
+
+    def lost(tid: str, queue: str = "default", key: str | None = None, at_most_once: bool = True) -> Task:
+        task = Task(tid, queue, "tasks.charge", b"", key=key, at_most_once=at_most_once, replicas=3)
+        task.holders, task.meta, task.state, task.error = lease.holders, {ARGS_LOST: "n1"}, DEAD, ERROR
+        return task
+
     refused = n3.role.refusals.total()
-    elsewhere = Task(task_id, "another", "tasks.charge", b"", at_most_once=True, replicas=3)
-    elsewhere.holders, elsewhere.meta = lease.holders, {ARGS_LOST: "n1"}
-    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(elsewhere)]])
-    elsewhere.state, elsewhere.error = DEAD, ERROR      # the same dead letter from a resync
-    assert not n3.role.copies.installer.install(task_record(elsewhere), wall(), "sync", "n2")
-    twice = Task(task_id, "default", "tasks.charge", b"", at_most_once=False, replicas=3)    # may run again
-    twice.holders, twice.meta, twice.state, twice.error = lease.holders, {ARGS_LOST: "n1"}, DEAD, ERROR
-    assert not n3.role.copies.installer.install(task_record(twice), wall(), "sync", "n2")
-    assert n3.role.refusals.total() == refused + 3
-    assert n3.state(task_id) == STARTED_ELSEWHERE and "another" not in n3.engine.counts
-    keyed = Task(task_id, "default", "tasks.charge", b"", key="order-42", at_most_once=True, replicas=3)
-    keyed.holders, keyed.meta = lease.holders, {ARGS_LOST: "n1"}
-    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(keyed)]])
+    twice = task_record(lost(task_id, at_most_once=False))       # a task that may run again
+    assert not n3.role.copies.installer.install(twice, wall(), "sync", "n2")
+    assert n3.role.refusals.total() == refused + 1 and n3.state(task_id) == STARTED_ELSEWHERE
+    apply_events(n3.role, "n2", [["D", task_id, 1, ERROR, lost_record(lost(task_id, key="order-42"))]])
     dead = _dead(cluster, "n3", task_id)
     assert dead.key is None and args_lost(dead) == "n1"
     assert n3.engine.table.keys["order-42"] == other
     assert n3.engine.dead_purge(None, [task_id]) == 1
     assert n3.engine.table.keys["order-42"] == other
+    for key, kept in (("order-42", None), ("k-7", "k-7")):      # ghosts of a resync: no key of their own
+        ghost = cluster.task_id()
+        n3.engine.finish_copy(ghost, STARTED_ELSEWHERE, None, None, wall())
+        assert n3.tombstone(ghost).queue == "default" and n3.tombstone(ghost).key is None
+        assert n3.role.copies.installer.install(task_record(lost(ghost, "mail", key)), wall(), "sync", "n2")
+        dead = _dead(cluster, "n3", ghost)
+        assert (dead.queue, dead.key, args_lost(dead)) == ("mail", kept, "n1")
+    assert n3.engine.table.keys["order-42"] == other and n3.engine.table.keys["k-7"] == ghost
+    assert n3.role.refusals.total() == refused + 1
     assert not cluster.crashes()

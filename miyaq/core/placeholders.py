@@ -47,6 +47,7 @@ from typing import Any, NamedTuple
 import msgpack
 
 from miyaq.config import NodeConfig
+from miyaq.constants import MAX_QUEUES
 from miyaq.core.transitions import Transitions
 from miyaq.errors import InvalidField
 from miyaq.logs import LogLimiter
@@ -203,24 +204,28 @@ class Placeholders(Transitions):
         (:mod:`miyaq.cluster`). False, changing nothing, if this node holds
         no such placeholder (a copy of its own, or another end).
 
-        The placeholder is the authority on what it knows of the task: the
-        dead letter takes its dedup key (a record's own is not looked at),
-        and a record of another queue, or of a task that is not
-        at-most-once, is refused (:class:`~miyaq.errors.InvalidField`,
-        nothing changed). Before 2026-12-08 a ``D`` event's or SYNC's
-        record was taken as it came: one naming another live task's key
-        took that key here (its producer's resend answered with the dead
-        letter, and no dedup once it was purged)."""
+        Checked as a copy a REPLICATE brings is (:mod:`miyaq.cluster.install`):
+        a record of a task that is not at-most-once, or of a new queue past
+        ``MAX_QUEUES``, is refused (:class:`~miyaq.errors.InvalidField`,
+        nothing changed); and the dead letter never takes a dedup key
+        another task holds here. Its key is its placeholder's (the record's
+        only for a placeholder that has none: one heard from a resync
+        before its copy, a ghost), and none when another task holds that
+        key. Before 2026-12-08 a ``D`` event's or SYNC's record was taken as
+        it came: one naming another live task's key took that key here
+        (its producer's resend answered with the dead letter, and no dedup
+        once it was purged)."""
         task_id = task.id
         table = self.table
         stone = table.tombstone(task_id)
         if (stone is None or stone.state != STARTED_ELSEWHERE or args_lost(task) is None
                 or task_id in table.live or task_id in table.dead):
             return False
-        if task.queue != stone.queue or not task.at_most_once:
-            raise InvalidField(f"a dead letter without its arguments must be of its placeholder's queue "
-                               f"({stone.queue}) and at most once: task {task_id}", field="record")
-        task.key = stone.key
+        if not task.at_most_once or (task.queue not in self.counts and len(self.counts) >= MAX_QUEUES):
+            raise InvalidField(f"a dead letter without its arguments must be of an at-most-once task, in a "
+                               f"queue this node may hold: task {task_id}", field="record")
+        key = stone.key if stone.key is not None else task.key
+        task.key = key if key is None or table.keys.get(key, task_id) == task_id else None
         self.drop_placeholder_lease(task_id)
         table.drop_tombstone(task_id)
         task.state, task.error = SCHEDULED, None
