@@ -182,8 +182,8 @@ class Placeholders(Transitions):
         task.key = stone.key
         task.holders = lease.holders
         task.meta = {ARGS_LOST: lease.runner}
+        self.dead_without_args(task, cut_error(error), now)      # (raises, nothing changed, past MAX_QUEUES)
         self.outcomes[(task.queue, "failed")] += 1
-        self.dead_without_args(task, cut_error(error), now)
         kept = task.error or {}
         _log.log(logging.WARNING, "dead letter", "task %s (%s) in queue %s dead-lettered after %d attempt(s), "
                  "reported by its worker after node %s running it was lost: %s: %s (its arguments were lost with "
