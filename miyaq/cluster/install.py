@@ -126,7 +126,7 @@ class CopyInstaller:
                 try:
                     with role.events.applying_remote():
                         engine.dead_without_args(task, task.error, now)
-                except InvalidField as err:     # a record its placeholder contradicts (queue, at most once)
+                except InvalidField as err:     # not at-most-once, or a new queue past MAX_QUEUES
                     role.refusals.refuse(source, sender, err)
                     return False
                 return True

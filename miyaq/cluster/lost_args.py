@@ -48,6 +48,6 @@ def dead_without_args(role: ClusterRole, src: str, ev: list[Any], now: float) ->
                                field="event")
         task.attempt = ev[2]
         task.rank = task.holders.index(role.node_id) if role.node_id in task.holders else 0
-        role.engine.dead_without_args(task, ev[3], now)     # refuses a record its placeholder contradicts
+        role.engine.dead_without_args(task, ev[3], now)     # refuses a new queue past MAX_QUEUES
     except InvalidField as err:
         role.refusals.refuse("stream", src, err)
