@@ -10,7 +10,7 @@ import weakref
 
 import pytest
 
-from miyaq.store import task as task_module
+from miyaq.store import spec as spec_module
 from miyaq.store.task import NO_EXTRA, Task
 from miyaq.store.timers import NEAR, TimerHeap
 
@@ -59,10 +59,10 @@ def test_webhook_tasks_get_their_own_lane():
 def test_interned_specs_are_bounded(monkeypatch):
     """Fault: a producer sends a new kind of task every time; specs stop being
     kept past the bound, and every task still reads its own values."""
-    monkeypatch.setattr(task_module, "_specs", weakref.WeakValueDictionary())
-    monkeypatch.setattr(task_module, "MAX_SPECS", 10)
+    monkeypatch.setattr(spec_module, "_specs", weakref.WeakValueDictionary())
+    monkeypatch.setattr(spec_module, "MAX_SPECS", 10)
     tasks = [make(i, queue=f"q{i}") for i in range(50)]
-    assert len(task_module._specs) == 10
+    assert len(spec_module._specs) == 10
     assert [t.queue for t in tasks] == [f"q{i}" for i in range(50)]
 
 
@@ -71,13 +71,13 @@ def test_a_spec_goes_with_the_last_task_of_its_kind(monkeypatch):
     URLs of 2 KB that producers make up (an order id in a callback URL) kept
     2.7 KB each, up to ``MAX_SPECS`` (175 MB) a node, with no task left. A
     spec is now kept only while a task uses it."""
-    monkeypatch.setattr(task_module, "_specs", weakref.WeakValueDictionary())
+    monkeypatch.setattr(spec_module, "_specs", weakref.WeakValueDictionary())
     kept = [Task("k", "q", None, b"", url="http://x/kept")]
     for i in range(1_000):
         Task(f"w{i}", "q", None, b"", url=f"http://x/callback/{i}?sig={'s' * 1900}")
         make(i, queue=f"made-up-{i}")
     gc.collect()
-    assert len(task_module._specs) == 1
+    assert len(spec_module._specs) == 1
     twin = Task("k2", "q", None, b"", url="http://x/kept")
     assert twin.spec is kept[0].spec      # one still in use is still shared
 
