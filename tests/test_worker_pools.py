@@ -491,6 +491,34 @@ def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, cl
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("pool", ["gevent", "threads"])
+def test_a_handler_that_forks_in_the_worker_process_leaves_no_copy_behind(procs, node, client, events, pool):
+    """Fault: a handler of the gevent or threads pool forks and both copies
+    return (the forked one never calls ``os._exit``, as a team's code that
+    forks for a helper and forgets to end it does). The worker reports the
+    task with its own copy's result; the forked copy exits as it returns
+    from the handler, as in the processes pool, and the worker runs on.
+    Before (syncteam, 2026-12-08), the copy was a second worker process on
+    the first one's inherited sockets: it could report the task in the
+    worker's place, then ran on -- one spun at full CPU -- an orphan that
+    outlived its worker's SIGTERM."""
+    path, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    forked: list[int] = []
+    try:
+        assert client.call("fork_and_return", [tag], timeout=30) == "the child"
+        wait_for(lambda: forked.extend(e[2] for e in pools.read_events(path) if e[:2] == ["forked", tag]) or forked,
+                 what="the forked copy ran")
+        wait_for(lambda: not _alive(forked[0]), timeout=10, what="the forked copy exited")
+        assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+    finally:
+        for pid in forked:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import os
 import sys
 import traceback
 from typing import Any, Callable
@@ -208,13 +209,36 @@ def run_sync(fn: Callable[..., Any], body: bytes | None, killing: Callable[[], b
     outcome (an :class:`Interrupted`, ``SystemExit``, ``KeyboardInterrupt``,
     ``GreenletExit`` too), except a ``GreenletExit`` while ``killing()``
     (the gevent pool's: the worker killing its own greenlets as it stops)."""
+    pid = os.getpid()
     try:
         args, kwargs = decode_args(body)
-        return done(fn(*args, **kwargs))
+        value = fn(*args, **kwargs)
+        _end_forked_copy(pid, 0)
+        return done(value)
     except BaseException as exc:
+        _end_forked_copy(pid, 1)
         if killing is not None and killing() and _is_greenlet_exit(exc):
             raise
         return failure(exc)
+
+
+def _end_forked_copy(pid: int, status: int) -> None:
+    """End this process with ``status`` if it is not ``pid``, the process
+    that called the handler: the handler forked, and its copy returned (or
+    raised) instead of calling ``os._exit()``. Only the process that called
+    the handler reports the task. In the gevent and threads pools the copy
+    is a copy of the whole worker, on its sockets: before (syncteam,
+    2026-12-08) it ran on as a second worker, an orphan that outlived its
+    worker's SIGTERM (one spun at full CPU). Its standard streams are
+    flushed first, as ``multiprocessing`` does for a forked child."""
+    if os.getpid() == pid:
+        return
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or broken stream must not keep the copy alive
+            pass
+    os._exit(status)
 
 
 async def run_async(fn: Callable[..., Any], body: bytes | None,
