@@ -519,6 +519,29 @@ def test_a_handler_that_forks_in_the_worker_process_leaves_no_copy_behind(procs,
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("prefetch", ["0", "4"])
+def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(procs, node, client, events, prefetch):
+    """Fault: a handler waits for the result of a task of its own queue
+    (``add.call()`` inside ``call_add``) on a worker whose one slot it
+    holds: the task it waits for cannot start until it returns, so the
+    wait runs to its timeout. The outer task's failure says so: the awaited
+    task is ready (no prefetch) or held by a worker waiting for a slot, and
+    a handler that waits for a result holds its slot meanwhile. Before
+    (syncteam, 2026-12-08), it said only ``task ... is still running``
+    with the default prefetch: the task was in the worker's prefetch,
+    never started, and nothing said a handler's wait held its slot."""
+    path, env = events
+    w = _worker(procs, node, "gevent", 1, env, "--prefetch", prefetch)
+    _registered(client)
+    with pytest.raises(miyaq.TaskFailed) as failed:
+        client.call("call_add", [2, 3, 1.0], max_retries=0, timeout=30)
+    assert failed.value.remote_type == "Timeout"
+    message = failed.value.remote_message
+    assert ("is still ready" if prefetch == "0" else "is still running") in message
+    assert "a handler that waits for another task's result holds its slot" in message
+    assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+
+
 def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another

@@ -297,9 +297,16 @@ def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
     raise Timeout(f"task {task_id} is still {state}{STILL.get(str(state), '').format(id=task_id)}")
 
 
+#: Said of a task that waits for a worker's slot: the handler waiting for it may hold the slot.
+_HELD_SLOT = ("a handler that waits for another task's result holds its slot meanwhile, so a handler that waits "
+              "for a task its own workers must run can wait for ever: docs/python-api.md, \"Waiting for a task in a "
+              "handler\"")
+
 STILL = {
     "ready": (": no worker of its queue took it in time (none running for that queue, or all busy: "
-              "`miyaq status` lists each queue's workers and idle slots)"),
+              "`miyaq status` lists each queue's workers and idle slots; " + _HELD_SLOT + ")"),
+    "running": (": a worker holds it -- its handler runs, or it waits in that worker's prefetch for a free slot ("
+                + _HELD_SLOT + ")"),
     "retrying": ": its attempts failed so far (`miyaq status {id}` shows the last error)",
     "scheduled": ": its countdown or eta has not come",
 }

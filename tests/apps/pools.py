@@ -207,6 +207,13 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@app.task(name="call_add")
+def call_add(a: int, b: int, wait: float) -> int:
+    """Waits in its handler for another task's result, as a sync team's
+    first handler that needs one does: ``add.call()`` on its own queue."""
+    return add.call(a, b, timeout=wait)
+
+
 @app.task(name="chain")
 def chain(a: int, b: int) -> int:
     """Submits another task from a handler and waits for its result."""
