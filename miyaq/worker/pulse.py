@@ -23,7 +23,7 @@ worker's watchdog at each look, at least every
 :data:`~miyaq.worker.config.HUB_TICK`) marks that it ran.
 One that has not run for :data:`~miyaq.worker.config.HUB_STALL_WARN`
 seconds is held by a handler that never yields (CPU work in the gevent
-pool): the thread says so at WARNING, once for each such stall, naming the
+pool, a C call such as sqlite3's wait for a lock): the thread says so at WARNING, once for each such stall, naming the
 tasks running, and again at INFO once the hub runs. It beats on meanwhile
 -- the worker stays registered -- and stops nothing (before 2026-12-06
 nothing was logged: such a worker held its tasks and ignored SIGTERM
@@ -188,7 +188,9 @@ class Pulse:
         except Exception:   # noqa: BLE001 - the hub may change what it reads as it resumes
             running = ""
         logger.warning("worker %s: its hub has not run for %.0fs: a handler holds it without yielding (CPU "
-                       "work in the gevent pool?; running: %s). Heartbeats go on, but no other handler, "
+                       "work in the gevent pool, or a C call gevent cannot make yield -- sqlite3 or another C "
+                       "database driver, waiting for a lock a suspended handler holds?; running: %s). "
+                       "Heartbeats go on, but no other handler, "
                        "result, cancel, timeout or stop signal is handled until it yields; run such code in "
                        "the threads or processes pool", self.wid, seconds, running or "none known")
 
