@@ -167,6 +167,34 @@ def test_cancel_stops_a_running_handler(procs, node, client, events, pool, task)
     assert w.alive()
 
 
+def test_a_killed_child_s_program_is_killed_with_it(procs, node, client, events):
+    """Fault: a processes-pool handler that runs a program and waits for it
+    (``subprocess.Popen(["sleep", "60"]).wait()``, as one that calls ffmpeg
+    or a script) is cancelled. The pool kills the child with its process
+    group, the program in it, and the next task runs. Before (syncteam,
+    2026-12-08), the pool killed the child alone and the program ran on, an
+    orphan, for its whole minute -- after a timeout, a cancel or the
+    worker's stop alike."""
+    path, env = events
+    w = _worker(procs, node, "processes", 1, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    handle = client.submit("run_program", [tag], timeout=60, max_retries=0, wait=True)
+    programs: list[int] = []
+    try:
+        wait_for(lambda: programs.extend(e[2] for e in pools.read_events(path) if e[:2] == ["program", tag])
+                 or programs, what="the program started")
+        assert client.cancel(handle.id) is True
+        with pytest.raises(TaskCancelled):
+            handle.result(10)
+        wait_for(lambda: not _alive(programs[0]), timeout=10, what="the program ended")
+        assert client.call("pid", timeout=30) > 0 and w.alive()
+    finally:
+        for pid in programs:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("pool,task", [*[(p, "touchy") for p in POOLS], ("gevent", "atouchy")])
 def test_touch_keeps_a_long_handler_running(procs, node, client, events, pool, task):
     """A handler running three times its timeout survives by touching, from
@@ -761,9 +789,12 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
     pool.retired = []
     pool.sock, pool.factory, pool.dir = Sock(), Closed(), Closed()
     waits: list[float] = []
+    groups: list[int] = []
     monkeypatch.setattr(processes.green, "sleep", lambda seconds: waits.append(seconds))
+    monkeypatch.setattr(processes, "kill_group", groups.append)     # the fake's pid names no real group
     pool.stop()
     assert busy.proc.code == -9 and idle.proc.code == 0
+    assert groups == [4242]         # the busy child's group (its handler's programs), not the idle one's
     assert waits == []              # nothing left to wait for: no 5 s spent on the busy child
 
 

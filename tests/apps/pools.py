@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import subprocess
 import sys
 import time
 
@@ -205,6 +206,15 @@ def spin(seconds: float) -> int:
 @app.task(name="add")
 def add(a: int, b: int) -> int:
     return a + b
+
+
+@app.task(name="run_program")
+def run_program(tag: str) -> int:
+    """Runs a program and waits for it (``sleep 60``, as a handler waits
+    for ffmpeg or a shell script), recording the program's pid."""
+    proc = subprocess.Popen(["sleep", "60"])
+    record("program", tag, proc.pid)
+    return proc.wait()
 
 
 @app.task(name="call_add")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 from typing import Any
@@ -65,6 +66,14 @@ def child_command(endpoint: str, identity: bytes, app_spec: str, parent: int, lo
             str(parent), log_level]
 
 
+def kill_group(pgid: int) -> None:
+    """SIGKILL process group ``pgid``; never raises (gone already: nothing to do)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 class ChildProcess:
     """The parent's handle on one child: its process, whether it said hello,
     the job it runs and where that job's outcome goes."""
@@ -84,7 +93,14 @@ class ChildProcess:
         return self.proc.pid
 
     def kill(self) -> None:
+        """SIGKILL the child and its process group (it leads one of its
+        own): the programs its handler started die with it. The group only
+        while the child is not reaped: till then its pid, and so its
+        group's id, cannot name another process's group. A program that made
+        a group or a session of its own is not reached, nor are those of a
+        child that died by itself."""
         if self.proc.poll() is None:
+            kill_group(self.proc.pid)
             try:
                 self.proc.kill()
             except ProcessLookupError:
@@ -162,8 +178,13 @@ class ProcessPool:
     def _start_child(self) -> ChildProcess:
         self.generation += 1
         identity = f"c{self.generation}".encode()
+        # A group of its own (syncteam, 2026-12-08): killed at a timeout, a
+        # cancel or a stop, the child takes along the programs its handler
+        # runs (before, they ran on as orphans). It still shares the session,
+        # the terminal and its output; the terminal's signals now reach the
+        # worker alone, which passes on a stop.
         proc = subprocess.Popen(child_command(self.endpoint, identity, str(self.parts.app_spec), os.getpid(),
-                                              self.parts.log_level))
+                                              self.parts.log_level), process_group=0)
         child = ChildProcess(identity, proc)
         self.children[identity] = child
         return child
