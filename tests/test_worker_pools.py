@@ -570,6 +570,31 @@ def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(pro
     assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_multiprocessing_pool_is_refused_in_the_gevent_pool_only(procs, node, client, events, pool):
+    """Fault: a handler maps over a ``multiprocessing.Pool`` in the gevent
+    pool. Under gevent's patching the pool's result thread blocks the hub
+    and its forked children deadlock: before (syncteam, 2026-12-08), the
+    whole worker hung -- its other tasks, timeouts and SIGTERM with it --
+    while its heartbeats kept it registered, and the task ended ``Lost`` at
+    its lease. Now the gevent worker refuses the ``Pool`` as it is made
+    (``ConfigError`` naming the pools where it works), and runs on; a
+    ``ThreadPool`` is not refused, and the other pools run both."""
+    _, env = events
+    w = _worker(procs, node, pool, 2, env)
+    _registered(client)
+    if pool == "gevent":
+        for method in ("fork", "spawn"):          # both hung
+            with pytest.raises(miyaq.TaskFailed) as failed:
+                client.call("process_pool_map", [100, method], timeout=30, max_retries=0)
+            assert failed.value.remote_type == "ConfigError", failed.value
+            assert "--pool threads or --pool processes" in failed.value.remote_message
+    else:       # spawned: a fork of a process with threads may deadlock in any pool (the page says so)
+        assert client.call("process_pool_map", [100, "spawn"], timeout=30) == 10000
+    assert client.call("thread_pool_map", [100], timeout=30) == 10000
+    assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+
+
 def test_killed_worker_parent_takes_its_children_along(procs, node, client, events, tmp_path):
     """Fault: kill -9 of a processes-pool worker (the parent). Its children
     notice within a second and exit; the node puts the task back and another

@@ -217,6 +217,22 @@ def run_program(tag: str) -> int:
     return proc.wait()
 
 
+@app.task(name="process_pool_map")
+def process_pool_map(n: int, method: str) -> int:
+    """Maps over a ``multiprocessing.Pool`` of two processes started by
+    ``method`` (fork, spawn), as CPU-bound code does."""
+    import multiprocessing
+    with multiprocessing.get_context(method).Pool(2) as workers:
+        return sum(workers.map(abs, range(-n, n)))
+
+
+@app.task(name="thread_pool_map")
+def thread_pool_map(n: int) -> int:
+    from multiprocessing.pool import ThreadPool
+    with ThreadPool(2) as workers:
+        return sum(workers.map(abs, range(-n, n)))
+
+
 @app.task(name="call_add")
 def call_add(a: int, b: int, wait: float) -> int:
     """Waits in its handler for another task's result, as a sync team's

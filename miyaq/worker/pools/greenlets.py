@@ -14,6 +14,7 @@ from ..context import bind, unbind
 from ..execute import Outcome, run_sync
 from ..jobs import Job
 from .base import PoolParts
+from .process_pool_refusal import refuse_process_pools
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ class GreenletPool:
             logger.warning(
                 "gevent pool in a process gevent has not patched: handlers that block (time.sleep, "
                 "sockets) run one at a time; `miyaq worker` patches before it imports the app")
+        else:
+            refuse_process_pools()      # it would hang the whole worker here
 
     def start(self) -> None:
         pass
