@@ -209,30 +209,44 @@ def run_sync(fn: Callable[..., Any], body: bytes | None, killing: Callable[[], b
     outcome (an :class:`Interrupted`, ``SystemExit``, ``KeyboardInterrupt``,
     ``GreenletExit`` too), except a ``GreenletExit`` while ``killing()``
     (the gevent pool's: the worker killing its own greenlets as it stops)."""
-    pid = os.getpid()
+    forks = _forks
     try:
         args, kwargs = decode_args(body)
         value = fn(*args, **kwargs)
-        _end_forked_copy(pid, 0)
+        if _forks != forks:
+            _end_forked_copy(0)
         return done(value)
     except BaseException as exc:
-        _end_forked_copy(pid, 1)
+        if _forks != forks:
+            _end_forked_copy(1)
         if killing is not None and killing() and _is_greenlet_exit(exc):
             raise
         return failure(exc)
 
 
-def _end_forked_copy(pid: int, status: int) -> None:
-    """End this process with ``status`` if it is not ``pid``, the process
-    that called the handler: the handler forked, and its copy returned (or
-    raised) instead of calling ``os._exit()``. Only the process that called
-    the handler reports the task. In the gevent and threads pools the copy
-    is a copy of the whole worker, on its sockets: before (syncteam,
-    2026-12-08) it ran on as a second worker, an orphan that outlived its
-    worker's SIGTERM (one spun at full CPU). Its standard streams are
-    flushed first, as ``multiprocessing`` does for a forked child."""
-    if os.getpid() == pid:
-        return
+#: Forks this process is the child of, counted by Python's fork hook: a
+#: handler that sees it change ran in a copy made meanwhile. Read twice a
+#: task, where ``os.getpid()`` would be two system calls.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def _end_forked_copy(status: int) -> None:
+    """End this process, a copy forked while the handler ran that returned
+    from it (or raised, ``status`` 1) instead of calling ``os._exit()``:
+    only the process that called the handler reports the task. In the
+    gevent and threads pools the copy is a copy of the whole worker, on its
+    sockets: before (syncteam, 2026-12-08) it ran on as a second worker, an
+    orphan that outlived its worker's SIGTERM (one spun at full CPU). Its
+    standard streams are flushed first, as ``multiprocessing`` does for a
+    forked child."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
