@@ -547,8 +547,9 @@ def test_a_handler_that_forks_in_the_worker_process_leaves_no_copy_behind(procs,
                 os.kill(pid, signal.SIGKILL)
 
 
-@pytest.mark.parametrize("prefetch", ["0", "4"])
-def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(procs, node, client, events, prefetch):
+@pytest.mark.parametrize("pool,prefetch", [("gevent", "0"), ("gevent", "4"), ("threads", "4"), ("processes", "4")])
+def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(procs, node, client, events, pool,
+                                                                             prefetch):
     """Fault: a handler waits for the result of a task of its own queue
     (``add.call()`` inside ``call_add``) on a worker whose one slot it
     holds: the task it waits for cannot start until it returns, so the
@@ -559,15 +560,18 @@ def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(pro
     with the default prefetch: the task was in the worker's prefetch,
     never started, and nothing said a handler's wait held its slot."""
     path, env = events
-    w = _worker(procs, node, "gevent", 1, env, "--prefetch", prefetch)
+    w = _worker(procs, node, pool, 1, env, "--prefetch", prefetch)
     _registered(client)
     with pytest.raises(miyaq.TaskFailed) as failed:
         client.call("call_add", [2, 3, 1.0], max_retries=0, timeout=30)
     assert failed.value.remote_type == "Timeout"
     message = failed.value.remote_message
     assert ("is still ready" if prefetch == "0" else "is still running") in message
-    assert "a handler that waits for another task's result holds its slot" in message
+    assert "this wait runs in a handler, which holds its worker's slot while it waits" in message
     assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+    with pytest.raises(miyaq.Timeout) as outside:          # a producer's wait is told nothing of handlers
+        client.call("call_add", [2, 3, 1.0], max_retries=0, timeout=0.2)
+    assert "in a handler" not in str(outside.value)
 
 
 @pytest.mark.parametrize("pool", POOLS)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import msgpack
 
@@ -294,19 +294,24 @@ def decode_outcome(task_id: str, answer: dict[str, Any]) -> Any:
         raise TaskCancelled(f"task {task_id} was cancelled")
     if state == "expired":
         raise TaskExpired(f"task {task_id} expired before it started")
-    raise Timeout(f"task {task_id} is still {state}{STILL.get(str(state), '').format(id=task_id)}")
+    held = HELD_SLOT if state in ("ready", "running") and in_handler is not None and in_handler() else ""
+    raise Timeout(f"task {task_id} is still {state}{STILL.get(str(state), '').format(id=task_id)}{held}")
 
 
-#: Said of a task that waits for a worker's slot: the handler waiting for it may hold the slot.
-_HELD_SLOT = ("a handler that waits for another task's result holds its slot meanwhile, so a handler that waits "
-              "for a task its own workers must run can wait for ever: docs/python-api.md, \"Waiting for a task in a "
-              "handler\"")
+#: Whether the calling code runs in a worker's handler, or None: set by
+#: :mod:`miyaq.worker.context` (which this package may not import).
+in_handler: Callable[[], bool] | None = None
+
+#: Added to a result wait's Timeout in a handler, for a task that waits for
+#: a worker's slot: this wait may hold the slot it needs.
+HELD_SLOT = ("; this wait runs in a handler, which holds its worker's slot while it waits: a handler that waits for "
+             "a task its own workers must run can wait for ever (docs/python-api.md, \"Waiting for a task in a "
+             "handler\")")
 
 STILL = {
     "ready": (": no worker of its queue took it in time (none running for that queue, or all busy: "
-              "`miyaq status` lists each queue's workers and idle slots; " + _HELD_SLOT + ")"),
-    "running": (": a worker holds it -- its handler runs, or it waits in that worker's prefetch for a free slot ("
-                + _HELD_SLOT + ")"),
+              "`miyaq status` lists each queue's workers and idle slots)"),
+    "running": ": a worker holds it (its handler runs, or it waits in that worker's prefetch for a free slot)",
     "retrying": ": its attempts failed so far (`miyaq status {id}` shows the last error)",
     "scheduled": ": its countdown or eta has not come",
 }

@@ -9,6 +9,8 @@ from __future__ import annotations
 import contextvars
 from typing import Any, Callable
 
+from ..client import wire as _wire
+
 _current: contextvars.ContextVar["TaskContext | None"] = contextvars.ContextVar("miyaq_task", default=None)
 
 
@@ -56,3 +58,11 @@ def bind(ctx: TaskContext) -> Any:
 def unbind(token: Any) -> None:
     """Undo the :func:`bind` that returned ``token`` (same greenlet, thread or task)."""
     _current.reset(token)
+
+
+def _in_handler() -> bool:
+    return _current.get() is not None
+
+
+# A result wait's Timeout says, in a handler, that the wait holds its slot.
+_wire.in_handler = _in_handler
