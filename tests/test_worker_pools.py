@@ -494,16 +494,22 @@ def test_a_result_too_large_for_the_childs_socket_fails_at_once(procs, node, cli
     assert "died" not in w.log_tail(200)
 
 
-def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, client, events):
-    """Fault: a handler of the processes pool forks and both copies return
-    (the forked one never calls ``os._exit``). The child the pool started
-    reports the task; the forked copy exits at once and the child runs the
-    next task. Before, the copy went on as a second child on the inherited
-    socket: it could report the task in the child's place, and then spun
-    on that socket at full CPU for ever, an orphan that ignores SIGTERM
-    (seen for 44 minutes after its worker had stopped)."""
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, client, events, pool):
+    """Fault: a handler forks and both copies return (the forked one never
+    calls ``os._exit``, as code that forks for a helper and forgets to end
+    it does). The process that called the handler -- the worker, or the
+    processes pool's child -- reports the task; the forked copy exits as it
+    returns from the handler, and the worker runs the next task. Before,
+    the copy went on: in the processes pool as a second child on the
+    inherited socket, which could report the task in the child's place and
+    then spun on that socket at full CPU for ever, an orphan that ignores
+    SIGTERM (seen for 44 minutes after its worker had stopped); in the
+    gevent and threads pools (until syncteam, 2026-12-08) as a second worker
+    on the first one's sockets, an orphan that outlived its worker's
+    SIGTERM."""
     path, env = events
-    w = _worker(procs, node, "processes", 1, env)
+    w = _worker(procs, node, pool, 1 if pool == "processes" else 2, env)
     _registered(client)
     tag = uuid.uuid4().hex
     forked: list[int] = []
@@ -512,34 +518,6 @@ def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, cl
         wait_for(lambda: forked.extend(e[2] for e in pools.read_events(path) if e[:2] == ["forked", tag]) or forked,
                  what="the forked copy ran")
         wait_for(lambda: not _alive(forked[0]), what="the forked copy exited")
-        assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
-    finally:
-        for pid in forked:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
-
-
-@pytest.mark.parametrize("pool", ["gevent", "threads"])
-def test_a_handler_that_forks_in_the_worker_process_leaves_no_copy_behind(procs, node, client, events, pool):
-    """Fault: a handler of the gevent or threads pool forks and both copies
-    return (the forked one never calls ``os._exit``, as a team's code that
-    forks for a helper and forgets to end it does). The worker reports the
-    task with its own copy's result; the forked copy exits as it returns
-    from the handler, as in the processes pool, and the worker runs on.
-    Before (syncteam, 2026-12-08), the copy was a second worker process on
-    the first one's inherited sockets: it could report the task in the
-    worker's place, then ran on -- one spun at full CPU -- an orphan that
-    outlived its worker's SIGTERM."""
-    path, env = events
-    w = _worker(procs, node, pool, 2, env)
-    _registered(client)
-    tag = uuid.uuid4().hex
-    forked: list[int] = []
-    try:
-        assert client.call("fork_and_return", [tag], timeout=30) == "the child"
-        wait_for(lambda: forked.extend(e[2] for e in pools.read_events(path) if e[:2] == ["forked", tag]) or forked,
-                 what="the forked copy ran")
-        wait_for(lambda: not _alive(forked[0]), timeout=10, what="the forked copy exited")
         assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
     finally:
         for pid in forked:
