@@ -525,6 +525,23 @@ def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, cl
                 os.kill(pid, signal.SIGKILL)
 
 
+@pytest.mark.parametrize("pool", POOLS)
+def test_a_handler_s_forked_helper_ends_on_the_signals_it_is_sent(procs, node, client, events, pool):
+    """Fault: a handler forks a helper (``os.fork()``, a ``multiprocessing``
+    process started by fork) and ends it with SIGTERM, SIGINT or SIGHUP
+    (``Process.terminate()``). The helper has the signals of a fresh
+    Python and ends. Before (syncteam, 2026-12-08), it inherited the
+    worker's: in the gevent and threads pools the worker's stop (the copy
+    began a stop of its own and ran on), in the processes pool the child's
+    disregard -- it outlived every one of them, in every pool."""
+    _, env = events
+    w = _worker(procs, node, pool, 1, env)
+    _registered(client)
+    for signame in ("SIGTERM", "SIGINT", "SIGHUP"):
+        assert client.call("signal_forked_helper", [signame], timeout=30) is True, signame
+    assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
+
+
 @pytest.mark.parametrize("pool,prefetch", [("gevent", "0"), ("gevent", "4"), ("threads", "4"), ("processes", "4")])
 def test_a_handler_waiting_for_a_task_its_worker_holds_says_why_it_timed_out(procs, node, client, events, pool,
                                                                              prefetch):

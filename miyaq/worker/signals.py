@@ -53,6 +53,33 @@ def disregard(*signums: int) -> None:
         signal.signal(signum, _disregarded)
 
 
+_forks_hooked = False
+
+
+def default_in_forked_copies() -> None:
+    """Give a process forked from this one -- a handler's ``os.fork()``, a
+    ``multiprocessing`` process started by fork -- the signals of a fresh
+    Python: SIGTERM, SIGHUP and :data:`HURRY_SIGNAL` their default action,
+    SIGINT ``KeyboardInterrupt``. Not the worker's stop nor the pool's
+    disregard: before (syncteam, 2026-12-08) a handler's forked helper
+    outlived the SIGTERM, SIGINT and SIGHUP its handler sent it, in every
+    pool (``multiprocessing.Process.terminate()`` did nothing). Once a
+    process; from the main thread."""
+    global _forks_hooked
+    if not _forks_hooked:
+        os.register_at_fork(after_in_child=_fresh_signals)
+        _forks_hooked = True
+
+
+def _fresh_signals() -> None:
+    try:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for signum in (signal.SIGTERM, signal.SIGHUP, HURRY_SIGNAL):
+            signal.signal(signum, signal.SIG_DFL)
+    except (ValueError, OSError):       # not the main thread: the copy keeps what it had
+        pass
+
+
 def stop_on_signals(worker: Stoppable, supervised: bool = False) -> None:
     """SIGTERM, SIGINT and SIGHUP (the terminal closed) stop the worker
     (:meth:`~Stoppable.ask_stop`); a second one ends the wait for running
@@ -70,6 +97,7 @@ def stop_on_signals(worker: Stoppable, supervised: bool = False) -> None:
     before the worker runs."""
     def spawn(fn: Callable[[], None]) -> Callable[[], None]:
         return lambda: worker.supervisor.spawn("stop", fn)
+    default_in_forked_copies()
     if supervised:
         disregard(signal.SIGINT, signal.SIGHUP)     # not SIG_IGN: a handler's subprocess would inherit it
         green.on_signal(signal.SIGTERM, spawn(worker.stop))

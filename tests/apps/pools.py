@@ -233,6 +233,35 @@ def thread_pool_map(n: int) -> int:
         return sum(workers.map(abs, range(-n, n)))
 
 
+@app.task(name="signal_forked_helper")
+def signal_forked_helper(signame: str) -> bool:
+    """Forks a helper that sleeps, sends it ``signame`` and says whether it
+    ended within 10 s (killed otherwise), as ``multiprocessing.Process
+    .terminate()`` on a forked process does."""
+    import signal
+    ready, tell = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(ready)
+        os.write(tell, b"x")        # started, its signals set (the fork's first instant has the inherited ones)
+        time.sleep(60)
+        os._exit(0)
+    os.close(tell)
+    try:
+        os.read(ready, 1)
+    finally:
+        os.close(ready)
+    os.kill(pid, getattr(signal, signame))
+    end = time.monotonic() + 10.0
+    while time.monotonic() < end:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return True
+        time.sleep(0.02)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    return False
+
+
 @app.task(name="call_add")
 def call_add(a: int, b: int, wait: float) -> int:
     """Waits in its handler for another task's result, as a sync team's

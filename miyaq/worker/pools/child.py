@@ -44,7 +44,7 @@ from ...runtime.sockets import SocketFactory
 from ..config import CHILD_MESSAGE_BYTES, CHILD_PARENT_CHECK
 from ..context import TaskContext, bind, unbind
 from ..execute import Outcome, run_async, run_sync, too_large
-from ..signals import disregard
+from ..signals import default_in_forked_copies, disregard
 
 logger = logging.getLogger(__name__)
 
@@ -189,6 +189,7 @@ def main(argv: list[str]) -> int:
     endpoint, identity, app_spec, parent, log_level = argv
     die_with_parent(int(parent))
     disregard(signal.SIGINT, signal.SIGTERM, signal.SIGHUP)     # the pool's to act on; not SIG_IGN (inherited)
+    default_in_forked_copies()      # but a handler's forked helper's, as in a fresh Python
     setup_logging(log_level)
     child = Child(endpoint, identity.encode(), app_spec, int(parent))
     try:
