@@ -16,7 +16,7 @@ import zmq
 
 from miyaq.testing.harness import wait_for
 from miyaq.worker.pools.child import HELLO
-from miyaq.worker.pools.processes import child_command
+from miyaq.worker.pools.child_process import child_command
 from own_interpreter import ROOT
 
 pytestmark = pytest.mark.timeout(60)
@@ -193,7 +193,7 @@ ISOLATED_WORKER = '''
 import json, subprocess, sys
 sys.path.insert(0, sys.argv[1])
 from miyaq.worker.launch import worker_command
-from miyaq.worker.pools.processes import child_command
+from miyaq.worker.pools.child_process import child_command
 probe = "import importlib.util, sys; print(importlib.util.find_spec('shadow') is not None, sys.flags.isolated)"
 seen = {}
 for name, command in (("child", child_command("tcp://127.0.0.1:1", b"c1", "apps.basic:app", 1, "WARNING")),

@@ -14,7 +14,8 @@ from miyaq.runtime.green import HubInbox
 from miyaq.testing.harness import wait_for
 from miyaq.worker.pools.base import PoolParts
 from miyaq.worker.pools.child import HELLO, TOUCH, pack
-from miyaq.worker.pools.processes import ChildProcess, ProcessPool
+from miyaq.worker.pools.child_process import ChildProcess
+from miyaq.worker.pools.processes import ProcessPool
 
 pytestmark = pytest.mark.timeout(60)
 

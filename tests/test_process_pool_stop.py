@@ -19,7 +19,8 @@ from miyaq.protocol import commands as c
 from miyaq.testing.harness import ThreadWorker, wait_for
 from miyaq.worker import runner
 from miyaq.worker.pools import processes
-from miyaq.worker.pools.processes import ChildProcess, ProcessPool
+from miyaq.worker.pools.child_process import ChildProcess
+from miyaq.worker.pools.processes import ProcessPool
 
 pytestmark = pytest.mark.timeout(90)
 

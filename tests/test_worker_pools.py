@@ -775,7 +775,7 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
     ``--processes N`` the supervisor (grace + 5 s) SIGKILLed the worker
     before it ended cleanly. A busy child is now killed at once; the stop
     waits only for idle children, which exit on EXIT."""
-    from miyaq.worker.pools import processes
+    from miyaq.worker.pools import child_process, processes
 
     class Proc:
         def __init__(self) -> None:
@@ -791,7 +791,7 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
         def wait(self, timeout: float) -> int | None:
             return self.code
 
-    busy, idle = processes.ChildProcess(b"busy", Proc()), processes.ChildProcess(b"idle", Proc())
+    busy, idle = child_process.ChildProcess(b"busy", Proc()), child_process.ChildProcess(b"idle", Proc())
     busy.job = object()
     busy.ready = idle.ready = True      # both said hello (one that never did is killed at once too)
 
@@ -815,7 +815,7 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
     waits: list[float] = []
     groups: list[int] = []
     monkeypatch.setattr(processes.green, "sleep", lambda seconds: waits.append(seconds))
-    monkeypatch.setattr(processes, "kill_group", groups.append)     # the fake's pid names no real group
+    monkeypatch.setattr(child_process, "kill_group", groups.append)     # the fake's pid names no real group
     pool.stop()
     assert busy.proc.code == -9 and idle.proc.code == 0
     assert groups == [4242]         # the busy child's group (its handler's programs), not the idle one's

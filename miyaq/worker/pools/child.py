@@ -1,5 +1,5 @@
 """A process-pool child: this module run as ``__main__`` with ``ENDPOINT IDENTITY APP PARENT_PID LOG_LEVEL``
-(``python -c CHILD_BOOT ...``: :func:`~miyaq.worker.pools.processes.child_command`).
+(``python -c CHILD_BOOT ...``: :func:`~miyaq.worker.pools.child_process.child_command`).
 
 Started by :class:`~miyaq.worker.pools.processes.ProcessPool` as a fresh
 interpreter (never forked from the gevent parent). It imports the app,
