@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,11 +25,12 @@ import pytest
 import zmq as plain_zmq
 
 from hub_waits import until
+from miyaq.cluster import peer as peer_module, peer_requests
 from miyaq.cluster.peer import PeerEndpoint
-from miyaq.cluster import peer_requests
 from miyaq.cluster.peer_requests import ANSWER, QUERY, REPLICATE, SYNC, PeerRequests
 from miyaq.protocol.commands import TAG
 from miyaq.runtime import Supervisor, green
+from miyaq.runtime.fairness import HUB_SLICE
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.testing.harness import free_port
 
@@ -306,3 +308,43 @@ def test_a_loop_on_one_channel_remakes_that_channel_alone(link, monkeypatch) -> 
     assert got[0] not in ("lost", None) and got[0]["ids"] == [], got
     until(lambda: me.request("p1", QUERY, {"ids": []}, WAIT, lambda answer: None), "the new control connection")
     peer.read_until(QUERY)
+
+
+def test_an_answer_read_after_its_deadline_because_a_burst_was_cut_short_is_not_taken_for_silence(
+        link, monkeypatch) -> None:
+    """Fault (chaos, seed 87, 2026-12-08, a machine under heavy load): the
+    answer reader handled one answer slowly (a loaded hub, a large answer:
+    past its 20 ms share of the hub, ``HUB_SLICE``), so it ended its burst
+    with the next answer still unread in the socket -- and then expired the
+    requests whose deadline had come meanwhile. A QUERY whose answer had
+    come in time was called back with silence, and the standby copy that
+    asked ran a task the silent holder held ready: seven tasks ran twice,
+    0.2-0.8 s apart. Now a burst cut short expires nothing: the next one
+    reads what was left first (``EXPIRY_HOLD_MAX`` bounds how long).
+
+    The peer answers two QUERYs at once; the first's callback holds the hub
+    past HUB_SLICE (real time) while the node's clock moves past the
+    second's deadline (a patched clock, not a wait: nothing here is timed)."""
+    me, peer = link
+    shift = [0.0]
+    monkeypatch.setattr(peer_module, "monotonic", lambda: time.monotonic() + shift[0])
+    got: dict[str, Any] = {}
+    second_timeout = 30.0
+
+    def slow(answer: Any) -> None:
+        got["first"] = answer
+        shift[0] = second_timeout + 1.0     # the second QUERY's deadline has passed meanwhile
+        held = time.monotonic()
+        while time.monotonic() - held <= 2 * HUB_SLICE:
+            time.sleep(HUB_SLICE / 4)       # blocking: the hub (and the answer reader) waits
+
+    assert me.request("p1", QUERY, {"ids": ["t1"]}, 60.0, slow)
+    assert me.request("p1", QUERY, {"ids": ["t2"]}, second_timeout, lambda answer: got.setdefault("second", answer))
+    until(lambda: peer.read_one() and sum(command == QUERY for _, command, _ in peer.read) == 2, "both QUERYs")
+    (first_id, _, first), (second_id, _, second) = [r for r in peer.read if r[1] == QUERY]
+    peer.answer(first_id, first["req"], {"states": {"t1": ["done"]}})
+    peer.answer(second_id, second["req"], {"states": {"t2": ["ready", False, 0, 0.0]}})
+    until(lambda: "second" in got, "the second QUERY's callback")
+    assert got["first"]["states"] == {"t1": ["done"]}
+    assert got["second"] is not None, "an answer that came before its deadline was taken for silence"
+    assert got["second"]["states"] == {"t2": ["ready", False, 0, 0.0]}

@@ -60,6 +60,12 @@ from miyaq.security.guard import Guard
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # retried every second while the process has no descriptor left
 
+EXPIRY_HOLD_MAX = 2.0
+"""Seconds in a row the answer reader may hold off expiring requests while
+each of its bursts ends with answers still unread (:meth:`PeerEndpoint.serve_answers`):
+past it, requests due are expired anyway, so that a reader flooded for good
+still ends its requests in silence, this much late at most."""
+
 LOOP_RETRY = 1.0
 """A DEALER that read its own request (its connection looped back to it)
 is made anew at most this often per peer (seconds): a peer that echoes is
@@ -259,8 +265,18 @@ class PeerEndpoint(PeerRequests):
         an answer, a monitor's event, a socket registered or retired, or the
         next request's deadline (:meth:`next_expiry`) -- with nothing
         pending, for the next of those. Before 2026-12-07 it looked every
-        0.1 s, ten wake-ups a second of an idle node."""
+        0.1 s, ten wake-ups a second of an idle node.
+
+        A burst that ends with answers unread (its share of the hub spent,
+        or 256 read from one socket) expires nothing: an answer waiting in
+        a socket may have come before its request's deadline, and expired
+        first it would be silence -- which lets a standby copy run a task a
+        live holder holds (a chaos run under heavy load, 2026-12-08: one
+        slow answer ended the burst, the next was a QUERY's, and seven tasks
+        ran twice). The next burst reads them, then expires; at most
+        ``EXPIRY_HOLD_MAX`` seconds in a row."""
         share = green.FairShare()
+        held_since: float | None = None     # when bursts began to end with answers unread (monotonic)
         while not self._closed:
             due = self.next_expiry()
             timeout = None if due == math.inf else max(0.0, due - monotonic()) * 1000.0
@@ -269,12 +285,14 @@ class PeerEndpoint(PeerRequests):
                 share.check()       # answers keep coming: yield now and then
             else:
                 share.waited()
+            unread = False
             for sock in list(events):
                 if sock in self._watching:
                     self._watch(sock)
                     continue
                 for _ in range(256):
                     if share.due():
+                        unread = True
                         break       # the rest at the next poll, after the others ran
                     try:
                         frames, _ = recv_bounded(sock, FRAMES, self.max_message, zmq.NOBLOCK)
@@ -289,12 +307,20 @@ class PeerEndpoint(PeerRequests):
                         self._looped(sock)      # our own request came back
                         break
                     self._handle_answer(frames)
+                else:
+                    unread = True       # 256 read: more may wait
             while self._retired:
                 sock = self._retired.pop()
                 self._watching.pop(sock, None)
                 self._poller.unregister(sock)
                 sock.close(linger=0)
-            self._expire(monotonic())
+            now = monotonic()
+            if unread and (held_since is None or now - held_since < EXPIRY_HOLD_MAX):
+                if held_since is None:
+                    held_since = now
+            else:
+                held_since = None
+                self._expire(now)
             for hook in self.after_burst:
                 hook()
 
