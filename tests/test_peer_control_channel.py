@@ -30,6 +30,7 @@ from miyaq.cluster.peer import PeerEndpoint
 from miyaq.cluster.peer_requests import ANSWER, QUERY, REPLICATE, SYNC, PeerRequests
 from miyaq.protocol.commands import TAG
 from miyaq.runtime import Supervisor, green
+from miyaq.runtime import fairness
 from miyaq.runtime.fairness import HUB_SLICE
 from miyaq.runtime.sockets import SocketFactory, zmq
 from miyaq.testing.harness import free_port
@@ -348,3 +349,28 @@ def test_an_answer_read_after_its_deadline_because_a_burst_was_cut_short_is_not_
     assert got["first"]["states"] == {"t1": ["done"]}
     assert got["second"] is not None, "an answer that came before its deadline was taken for silence"
     assert got["second"]["states"] == {"t2": ["ready", False, 0, 0.0]}
+
+
+def test_a_reader_whose_bursts_all_end_with_answers_unread_still_expires_its_requests(link, monkeypatch) -> None:
+    """The hold on expiring is bounded: a reader whose every burst ends
+    with answers unread (here none is ever read: its share of the hub is
+    always spent) still calls back a request that got no answer with
+    silence once ``EXPIRY_HOLD_MAX`` has passed, rather than never. The
+    node's clock moves a second at each look (patched: nothing is timed)."""
+    me, peer = link
+    clock = [time.monotonic()]
+
+    def ticking() -> float:
+        clock[0] += 1.0
+        return clock[0]
+
+    monkeypatch.setattr(fairness.FairShare, "due", lambda self: True)
+    monkeypatch.setattr(peer_module, "monotonic", ticking)
+    got: list[Any] = []
+    assert me.request("p1", QUERY, {"ids": ["t1"]}, 60.0, lambda answer: got.append(("first", answer)))
+    assert me.request("p1", QUERY, {"ids": ["t2"]}, 60.0, lambda answer: got.append(("second", answer)))
+    until(lambda: peer.read_one() and sum(command == QUERY for _, command, _ in peer.read) == 2, "both QUERYs")
+    identity, _, first = next(r for r in peer.read if r[1] == QUERY)
+    peer.answer(identity, first["req"], {"states": {"t1": ["done"]}})     # never read: the socket stays readable
+    until(lambda: len(got) == 2, "both QUERYs to end")
+    assert sorted(got) == [("first", None), ("second", None)]
