@@ -319,9 +319,11 @@ def test_an_answer_read_after_its_deadline_because_a_burst_was_cut_short_is_not_
     with the next answer still unread in the socket -- and then expired the
     requests whose deadline had come meanwhile. A QUERY whose answer had
     come in time was called back with silence, and the standby copy that
-    asked ran a task the silent holder held ready: seven tasks ran twice,
-    0.2-0.8 s apart. Now a burst cut short expires nothing: the next one
-    reads what was left first (``EXPIRY_HOLD_MAX`` bounds how long).
+    asked could run a task the "silent" holder held ready (the run had seven
+    tasks run twice, 0.2-0.8 s apart, by a node that had just rejoined and
+    was resyncing; its logs do not say which answer was late). Now a burst
+    cut short expires nothing: the next one reads what was left first
+    (``EXPIRY_HOLD_MAX`` bounds how long).
 
     The peer answers two QUERYs at once; the first's callback holds the hub
     past HUB_SLICE (real time) while the node's clock moves past the

@@ -271,10 +271,10 @@ class PeerEndpoint(PeerRequests):
         or 256 read from one socket) expires nothing: an answer waiting in
         a socket may have come before its request's deadline, and expired
         first it would be silence -- which lets a standby copy run a task a
-        live holder holds (a chaos run under heavy load, 2026-12-08: one
-        slow answer ended the burst, the next was a QUERY's, and seven tasks
-        ran twice). The next burst reads them, then expires; at most
-        ``EXPIRY_HOLD_MAX`` seconds in a row."""
+        live holder holds (the path the code had to the seven tasks a chaos
+        run under heavy load ran twice, 2026-12-08, seed 87). The next
+        burst reads them, then expires; at most ``EXPIRY_HOLD_MAX`` seconds
+        in a row."""
         share = green.FairShare()
         held_since: float | None = None     # when bursts began to end with answers unread (monotonic)
         while not self._closed:
