@@ -87,3 +87,37 @@ def test_patience_is_bounded_and_so_is_what_it_remembers(monkeypatch):
         times.answered(req, 3.0)
     assert times.patience("q", QUERY_TIMEOUT, 3.0) == QUERY_TIMEOUT      # heard from longest ago: forgotten
     assert times.patience("b", QUERY_TIMEOUT, 3.0) == 6.0
+
+
+def test_an_answer_after_its_request_ended_in_silence_is_counted_and_logged(monkeypatch, caplog):
+    """A QUERY's answer that came after the QUERY had ended in silence was
+    dropped without a word: a chaos run (seed 87, 2026-12-08) had a standby
+    copy run seven tasks a live holder held ready, and nothing said whether
+    that holder's answer came late or never. Now it is counted per peer and
+    logged with how long it took; an answer in time, or one a request takes
+    late (a REPLICATE's), is not."""
+    clock = [1000.0]
+    monkeypatch.setattr("miyaq.cluster.peer_requests.monotonic", lambda: clock[0])
+    link = _Link(_Supervisor(), "n0", 1 << 20)      # type: ignore[arg-type]
+    got: list[Any] = []
+    query: dict[str, Any] = {"ids": ["t1"]}
+    in_time: dict[str, Any] = {"ids": ["t2"]}
+    copy: dict[str, Any] = {"tasks": []}
+    link.request("n2", QUERY, query, 1.0, got.append)
+    link.request("n3", QUERY, in_time, 1.0, got.append)
+    link.request("n2", REPLICATE, copy, 1.0, got.append, late=got.append)
+    clock[0] += 0.5
+    link._handle_answer(codec.encode(ANSWER, {"req": in_time["req"], "states": {}}))
+    clock[0] += 1.0
+    link._expire(clock[0])
+    assert got == [{"req": in_time["req"], "states": {}}, None, None]
+    clock[0] += 0.25
+    with caplog.at_level("INFO", logger="miyaq.cluster.peer_requests"):
+        link._handle_answer(codec.encode(ANSWER, {"req": query["req"], "states": {}}))
+        link._handle_answer(codec.encode(ANSWER, {"req": copy["req"], "ids": []}))
+    assert link.answers_past_deadline == {"n2": 1}
+    assert got[-1] == {"req": copy["req"], "ids": []}        # the copy's answer taken late, not logged
+    lines = [r.getMessage() for r in caplog.records if "after the request had ended in silence" in r.getMessage()]
+    assert lines == ["an answer from peer n2 came 1.75 s after its request was sent, after the request had ended "
+                     "in silence (for a QUERY: its standby copies went on as if that holder were gone); 1 such "
+                     "answer(s) from it so far"]

@@ -49,14 +49,15 @@ class AnswerTimes:
         while len(sent) > MAX_TRACKED:
             sent.popitem(last=False)
 
-    def answered(self, req: object, now: float) -> None:
-        """An answer to ``req`` came, in time or late (a request this node
-        did not make, or forgot, is ignored)."""
+    def answered(self, req: object, now: float) -> tuple[str, float] | None:
+        """An answer to ``req`` came, in time or late: the peer asked and the
+        seconds it took (None for a request this node did not make, or
+        forgot, which is ignored)."""
         if not isinstance(req, int):
-            return
+            return None
         entry = self._sent.pop(req, None)
         if entry is None:
-            return
+            return None
         peer, sent_at = entry
         times = self._times.pop(peer, None)
         if times is None:
@@ -65,6 +66,7 @@ class AnswerTimes:
                 self._times.popitem(last=False)
         self._times[peer] = times       # the newest heard last
         times.append((now, now - sent_at))
+        return peer, now - sent_at
 
     def patience(self, peer: str, least: float, now: float) -> float:
         """How long a request to ``peer`` should wait for its answer: at least

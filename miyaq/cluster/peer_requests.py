@@ -67,6 +67,11 @@ is as small and as waited for."""
 WARN_EVERY = 60.0
 
 
+MAX_COUNTED_PEERS = 1024
+"""Peers whose answers past their deadline are counted at most
+(:attr:`PeerRequests.answers_past_deadline`); past it the counts begin again."""
+
+
 class PeerRequests:
     """A :class:`~miyaq.cluster.transport.PeerLink` without its wire.
 
@@ -112,6 +117,10 @@ class PeerRequests:
         self.unlinked: set[str] = set()
         self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
         self._refusals = LogLimiter(logger)     # requests refused at the edge: five lines a minute a code
+        # Answers that came after their request had ended in silence (none took
+        # them late), per peer; logged five lines a minute (_late_answer).
+        self.answers_past_deadline: Counter[str] = Counter()
+        self._past_deadline = LogLimiter(logger)
         self._closed = False
 
     def source_address(self) -> object:
@@ -297,7 +306,7 @@ class PeerRequests:
             self.errors[err.code] += 1
             return
         req = body.get("req")
-        self.answer_times.answered(req, monotonic())       # in time or late: how slow this peer is now
+        took = self.answer_times.answered(req, monotonic())      # in time or late: how slow this peer is now
         entry = self.pending.pop(req, None)  # type: ignore[arg-type]
         asked = self._asked.get(req) if isinstance(req, int) else None
         if asked is not None:
@@ -313,6 +322,25 @@ class PeerRequests:
             late = self._late.take(req)
             if late is not None and "code" not in body:
                 self._call(late, body)
+            elif late is None and took is not None:
+                self._late_answer(*took)
+
+    def _late_answer(self, peer: str, seconds: float) -> None:
+        """An answer from ``peer`` came ``seconds`` after its request was sent,
+        once the request had ended in silence: counted
+        (:attr:`answers_past_deadline`) and logged, five lines a minute.
+        A QUERY's silence lets a standby copy run; this line tells a holder
+        that was slow from one that was gone (before 2026-12-08 such an
+        answer was dropped without a word, and a chaos run's duplicates
+        could not be put down to either)."""
+        counts = self.answers_past_deadline
+        if peer not in counts and len(counts) >= MAX_COUNTED_PEERS:
+            counts.clear()      # members long gone: begun again
+        counts[peer] += 1
+        self._past_deadline.log(logging.INFO, "past deadline", "an answer from peer %s came %.2f s after its "
+                                "request was sent, after the request had ended in silence (for a QUERY: "
+                                "its standby copies went on as if that holder were gone); %d such answer(s) "
+                                "from it so far", peer, seconds, self.answers_past_deadline[peer])
 
     def next_expiry(self) -> float:
         """When :meth:`_expire` has something to do next (``monotonic``; inf:
