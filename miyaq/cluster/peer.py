@@ -41,6 +41,7 @@ import math
 from collections.abc import Collection
 from typing import Any
 
+from miyaq.cluster.deadlines import ExpiryHold
 from miyaq.cluster.peer_channels import CHANNELS, MemberChannels, open_channel, open_channels
 from miyaq.cluster.peer_requests import ANSWER, BULK, CONTROL, PEER_COMMANDS, PeerRequests
 from miyaq.constants import PEER_HEARTBEAT_TIMEOUT
@@ -59,12 +60,6 @@ from miyaq.security.guard import Guard
 
 logger = logging.getLogger(__name__)
 _log = LogLimiter(logger)     # retried every second while the process has no descriptor left
-
-EXPIRY_HOLD_MAX = 2.0
-"""Seconds in a row the answer reader may hold off expiring requests while
-each of its bursts ends with answers still unread (:meth:`PeerEndpoint.serve_answers`):
-past it, requests due are expired anyway, so that a reader flooded for good
-still ends its requests in silence, this much late at most."""
 
 LOOP_RETRY = 1.0
 """A DEALER that read its own request (its connection looped back to it)
@@ -274,9 +269,9 @@ class PeerEndpoint(PeerRequests):
         live holder holds (the path the code had to the seven tasks a chaos
         run under heavy load ran twice, 2026-12-08, seed 87). The next
         burst reads them, then expires; at most ``EXPIRY_HOLD_MAX`` seconds
-        in a row."""
+        in a row (:class:`~miyaq.cluster.deadlines.ExpiryHold`)."""
         share = green.FairShare()
-        held_since: float | None = None     # when bursts began to end with answers unread (monotonic)
+        hold = ExpiryHold()
         while not self._closed:
             due = self.next_expiry()
             timeout = None if due == math.inf else max(0.0, due - monotonic()) * 1000.0
@@ -315,11 +310,7 @@ class PeerEndpoint(PeerRequests):
                 self._poller.unregister(sock)
                 sock.close(linger=0)
             now = monotonic()
-            if unread and (held_since is None or now - held_since < EXPIRY_HOLD_MAX):
-                if held_since is None:
-                    held_since = now
-            else:
-                held_since = None
+            if hold.may_expire(unread, now):
                 self._expire(now)
             for hook in self.after_burst:
                 hook()

@@ -33,6 +33,7 @@ from collections import Counter
 from typing import Any, Callable
 
 from miyaq.cluster.answer_times import AnswerTimes
+from miyaq.cluster.deadlines import PastDeadline
 from miyaq.cluster.late_answers import LateAnswers
 from miyaq.cluster.peer_versions import PeerVersions, check_version
 from miyaq.cluster.transport import Body, Callback, Handler, Reply
@@ -65,11 +66,6 @@ narrow link and its answer came after the asker's patience; a CANCEL
 forwarded to a task's first holder (:mod:`miyaq.cluster.first_holder_cancel`)
 is as small and as waited for."""
 WARN_EVERY = 60.0
-
-
-MAX_COUNTED_PEERS = 1024
-"""Peers whose answers past their deadline are counted at most
-(:attr:`PeerRequests.answers_past_deadline`); past it the counts begin again."""
 
 
 class PeerRequests:
@@ -118,9 +114,9 @@ class PeerRequests:
         self._warned: dict[tuple[str, str], float] = {}    # (peer, what) -> when last logged
         self._refusals = LogLimiter(logger)     # requests refused at the edge: five lines a minute a code
         # Answers that came after their request had ended in silence (none took
-        # them late), per peer; logged five lines a minute (_late_answer).
-        self.answers_past_deadline: Counter[str] = Counter()
-        self._past_deadline = LogLimiter(logger)
+        # them late), per peer; logged five lines a minute.
+        self.past_deadline = PastDeadline(logger)
+        self.answers_past_deadline = self.past_deadline.counts
         self._closed = False
 
     def source_address(self) -> object:
@@ -323,24 +319,7 @@ class PeerRequests:
             if late is not None and "code" not in body:
                 self._call(late, body)
             elif late is None and took is not None:
-                self._late_answer(*took)
-
-    def _late_answer(self, peer: str, seconds: float) -> None:
-        """An answer from ``peer`` came ``seconds`` after its request was sent,
-        once the request had ended in silence: counted
-        (:attr:`answers_past_deadline`) and logged, five lines a minute.
-        A QUERY's silence lets a standby copy run; this line tells a holder
-        that was slow from one that was gone (before 2026-12-08 such an
-        answer was dropped without a word, and a chaos run's duplicates
-        could not be put down to either)."""
-        counts = self.answers_past_deadline
-        if peer not in counts and len(counts) >= MAX_COUNTED_PEERS:
-            counts.clear()      # members long gone: begun again
-        counts[peer] += 1
-        self._past_deadline.log(logging.INFO, "past deadline", "an answer from peer %s came %.2f s after its "
-                                "request was sent, after the request had ended in silence (for a QUERY: "
-                                "its standby copies went on as if that holder were gone); %d such answer(s) "
-                                "from it so far", peer, seconds, self.answers_past_deadline[peer])
+                self.past_deadline.note(*took)
 
     def next_expiry(self) -> float:
         """When :meth:`_expire` has something to do next (``monotonic``; inf:
