@@ -290,6 +290,9 @@ def test_leader_pauses_while_suspended_and_resumes_its_term(zk_supervisor):
             wait_until(lambda: leader.is_leader, "the leader to resume")
             wait_until(lambda: len(recorder.leadership) == 3, "the resumed term to be announced")
             assert recorder.leadership == [(True, first_epoch), (False, first_epoch), (True, first_epoch)]
+            # The other coordinator may still be reconnecting (kazoo's client_id is
+            # None until it is: CI, 2026-12-08); its session is what is compared.
+            wait_until(lambda: all(c.client.client_id is not None for c in coordinators), "both reconnected")
             assert [c.client.client_id[0] for c in coordinators] == sessions
             assert all(c.view.epoch == epoch for c in coordinators)
             for _, rec in nodes.values():
