@@ -50,6 +50,7 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Callable
@@ -94,18 +95,39 @@ def track(obj: Any) -> None:
         _track(obj)
 
 
+_pause_lock = threading.RLock()
+_pauses = 0                 # blocks of collector_paused running now, in every thread
+_enabled_before = False     # whether the collector was on when the first of them began
+
+
 @contextmanager
 def collector_paused() -> Iterator[None]:
     """No automatic cycle collection while the block runs (one that made
     many containers and keeps them all, doing nothing that yields: module
-    docstring); the collector is as it was after, however the block ends."""
-    was = gc.isenabled()
-    gc.disable()
+    docstring); the collector is as it was after, however the block ends.
+
+    The collector is one for the whole process: blocks running at once in
+    several threads (nodes in threads of one process,
+    :class:`miyaq.testing.harness.ThreadNode`) pause it together, and it is
+    enabled again when the last of them ends, if it was on when the first
+    began. Before 2026-12-08 each block read the collector's state and
+    disabled it on its own: a block that read "off" (another thread's block
+    running) and disabled it only after that block had enabled it again
+    left the collector off for the rest of the process (a suite run with
+    ``-n 4``: a test saw no collection in 100,000 allocations)."""
+    global _pauses, _enabled_before
+    with _pause_lock:
+        if _pauses == 0:
+            _enabled_before = gc.isenabled()
+            gc.disable()
+        _pauses += 1
     try:
         yield
     finally:
-        if was:
-            gc.enable()
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _enabled_before:
+                gc.enable()
 
 
 def freeze_startup_heap() -> int:

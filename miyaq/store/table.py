@@ -42,12 +42,13 @@ is back in sight: while it has a consumer); the dead letters from
 """
 from __future__ import annotations
 
-import gc
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterator
 from operator import attrgetter
 from typing import Any, NamedTuple
+
+from miyaq.runtime.heap import collector_paused
 
 from .stones import Tombstone, Tombstones, _as_stone, error_bytes, stone_bytes
 from .task import EXTRA_FIELDS, Collector, Extra, Task, out_of_sight
@@ -200,14 +201,9 @@ class TaskTable:
         tombstones' rows (already immutable). The
         task copies are made as the iterator is read; they are detached (no
         lease, no timer, in no table) and hold what an ``A`` record holds."""
-        collecting = gc.isenabled()
-        gc.disable()    # else it walks the heap every few thousand tuples: 4-5 times the copy's time
-        try:
+        with collector_paused():    # else it walks the heap every few thousand tuples: 4-5 times the copy's time
             rows = list(map(_TASK_COPY, itertools.chain(self.live.values(), self.dead.values())))
             stones = self.tombstones.snapshot()
-        finally:
-            if collecting:
-                gc.enable()
         return TableSnapshot(map(_task_from_copy, rows), stones)
 
     # -- tombstones -------------------------------------------------------
