@@ -114,10 +114,12 @@ def test_threads_with_confirmed_submits_race_the_io_thread(node, client):
 
 def test_a_confirmed_submit_that_times_out_leaves_the_client_usable(make_node, client_for):
     """Fault: the node is full, so a wait=True submit times out (Busy at its
-    deadline); the next calls on the same client and thread still work."""
+    deadline); the next calls on the same client and thread still work.
+    The node is filled through a patient client: a stall of the loaded
+    machine past 0.5 s failed that setup submit (before 2026-12-08)."""
     n = make_node(max_tasks=1)
     c1 = client_for(n.endpoint, submit_timeout=0.5)
-    c1.submit("echo", [0], wait=True)
+    client_for(n.endpoint).submit("echo", [0], wait=True)
     with pytest.raises(miyaq.Busy):
         c1.submit("echo", [1], wait=True)
     assert c1.status()["totals"]["live"] == 1

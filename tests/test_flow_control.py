@@ -113,10 +113,12 @@ def test_full_node_answers_busy_and_the_client_retries_transparently(make_node, 
 
 
 def test_busy_past_the_deadline_raises_one_clear_error(make_node, client_for):
-    """Fault: the node stays full; after submit_timeout the caller gets miyaq.Busy."""
+    """Fault: the node stays full; after submit_timeout the caller gets miyaq.Busy.
+    The node is filled through a patient client: a stall of the loaded
+    machine past 0.5 s failed that setup submit (before 2026-12-08)."""
     n = make_node(max_tasks=1)
     c1 = client_for(n.endpoint, submit_timeout=0.5)
-    c1.submit("echo", [0], wait=True)
+    client_for(n.endpoint).submit("echo", [0], wait=True)
     with pytest.raises(miyaq.Busy) as info:
         c1.submit("echo", [1], wait=True)
     assert "full" in str(info.value)

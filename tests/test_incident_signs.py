@@ -151,11 +151,14 @@ def test_a_full_node_says_so_in_its_log_and_its_status(make_node, client_for, ca
     ``max_tasks`` and refuses every new task ``busy`` -- without a line in
     its log, while ``miyaq status`` said "accepting True  live 2" and
     nothing of the bound. Now a warning says so (once a minute, with the
-    count), and the status shows the bound and says the node is full."""
+    count), and the status shows the bound and says the node is full.
+    The node is filled through a patient client, only the refused submit
+    waits 1 s: a stall of the loaded machine past 1 s failed the setup's
+    submits (before 2026-12-08)."""
     node = make_node(max_tasks=2)
     client = client_for(node.endpoint, submit_timeout=1.0)
     for i in range(2):
-        client.submit("add", [i, 1], countdown=600, wait=True)
+        client_for(node.endpoint).submit("add", [i, 1], countdown=600, wait=True)
     caplog.set_level(logging.WARNING, logger="miyaq.core.engine")
     with pytest.raises(Busy):
         client.submit("add", [9, 1], wait=True)
@@ -170,11 +173,13 @@ def test_a_full_node_says_so_in_its_log_and_its_status(make_node, client_for, ca
 def test_a_node_full_of_results_says_so_in_its_log(make_node, client_for, thread_worker, caplog):
     """Incident (review16): a node refusing new tasks busy because the
     results it keeps reached ``max_result_bytes`` wrote no line (the
-    ``max_tasks`` and ``max_bytes`` refusals do). Now a warning says so."""
+    ``max_tasks`` and ``max_bytes`` refusals do). Now a warning says so.
+    The result is made through a patient client, only the refused submit
+    waits 1 s (a stall past 1 s failed that setup, before 2026-12-08)."""
     node = make_node(max_result_bytes=1000)
     client = client_for(node.endpoint, submit_timeout=1.0)
     thread_worker(basic.app, node.endpoint, queues=["default"], concurrency=1)
-    assert client.submit("echo", ["x" * 2000], wait=True).result(30)
+    assert client_for(node.endpoint).submit("echo", ["x" * 2000], wait=True).result(30)
     caplog.set_level(logging.WARNING, logger="miyaq.core.engine")
     with pytest.raises(Busy):
         client.submit("add", [9, 1], wait=True)
