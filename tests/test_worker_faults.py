@@ -159,10 +159,12 @@ def test_sigterm_on_worker_finishes_running_and_returns_the_rest(procs, client_f
 
 def test_sigterm_on_node_lets_running_tasks_finish(procs, client_for, events):
     """SIGTERM on a node: it refuses new submits, waits for the running task
-    to report (its result is recorded) and exits cleanly."""
+    to report (its result is recorded) and exits cleanly. The client keeps
+    the default deadline: with 1 s (before 2026-12-08) a stall of the loaded
+    machine past it failed the setup's submit."""
     path, env = events
     node = procs.node("--heartbeat", "0.25")
-    c = client_for(node.endpoint, submit_timeout=1.0)
+    c = client_for(node.endpoint)
     procs.worker("apps.basic:app", node.endpoint, 1, env=env)
     handle = c.submit("sleep", [1.0], wait=True)
     wait_for(lambda: _started(path, handle.id), what="task running")
