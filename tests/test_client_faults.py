@@ -468,7 +468,8 @@ def test_the_clients_answers_carry_no_protocol_request_number(client):
 
 
 @pytest.mark.parametrize("how", ["submit", "call"])
-def test_flush_waits_for_a_submit_or_call_whose_wait_was_interrupted_and_raises_its_failure(make_node, how):
+def test_flush_waits_for_a_submit_or_call_whose_wait_was_interrupted_and_raises_its_failure(make_node, client_for,
+                                                                                           how):
     """Fault: a gevent program stops waiting for a ``submit(wait=True)`` or a
     ``call()`` (a ``gevent.Timeout`` around it) while the node is full; the
     submit then fails at its deadline (busy). flush() waits for it like any
@@ -480,7 +481,7 @@ def test_flush_waits_for_a_submit_or_call_whose_wait_was_interrupted_and_raises_
     node = make_node(max_tasks=1)
     client = miyaq.Client(node.endpoint, green=True, submit_timeout=0.5)
     try:
-        client.submit("echo", [0], wait=True)
+        client_for(node.endpoint).submit("echo", [0], wait=True)    # full: a patient client (a stall past 0.5 s)
         with pytest.raises(gevent.Timeout):
             with gevent.Timeout(0.05):     # well within the 0.5 s the full node keeps it waiting
                 if how == "call":
@@ -495,7 +496,8 @@ def test_flush_waits_for_a_submit_or_call_whose_wait_was_interrupted_and_raises_
 
 
 @pytest.mark.parametrize("how", ["submit", "call"])
-def test_flush_waits_for_a_waited_submit_or_call_interrupted_by_ctrl_c_on_the_threaded_client(make_node, how):
+def test_flush_waits_for_a_waited_submit_or_call_interrupted_by_ctrl_c_on_the_threaded_client(make_node, client_for,
+                                                                                               how):
     """Fault (a review audit): Ctrl-C lands while a threaded client's
     ``submit(wait=True)`` reads the sockets itself (the short path of an
     idle client) or while ``call()`` waits for the acknowledgement, the
@@ -510,7 +512,7 @@ def test_flush_waits_for_a_waited_submit_or_call_interrupted_by_ctrl_c_on_the_th
     client = miyaq.Client(node.endpoint, green=False, submit_timeout=2.0)
     ctrl_c = threading.Timer(0.1, signal.pthread_kill, (threading.main_thread().ident, signal.SIGINT))
     try:
-        client.submit("echo", [0], wait=True)
+        client_for(node.endpoint).submit("echo", [0], wait=True)    # full: a patient client (a stall past 2 s)
         ctrl_c.start()
         with pytest.raises(KeyboardInterrupt):
             if how == "call":
