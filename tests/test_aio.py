@@ -103,13 +103,15 @@ def test_busy_node_is_retried_transparently(make_node, thread_worker):
     assert sorted(run(main)) == list(range(25))
 
 
-def test_busy_past_the_deadline_raises_busy(make_node):
-    """Fault: the node stays full past submit_timeout."""
+def test_busy_past_the_deadline_raises_busy(make_node, client_for):
+    """Fault: the node stays full past submit_timeout. It is filled through
+    a patient client: a stall of the loaded machine past 0.5 s failed that
+    setup submit (before 2026-12-08)."""
     n = make_node(max_tasks=1)
+    client_for(n.endpoint).submit("echo", [0], wait=True)
 
     async def main() -> None:
         async with miyaq.aio.Client(n.endpoint, submit_timeout=0.5) as client:
-            await client.submit("echo", [0], wait=True)
             with pytest.raises(miyaq.Busy, match="full"):
                 await client.submit("echo", [1], wait=True)
 

@@ -168,16 +168,18 @@ def test_a_cancelled_submit_wait_is_still_sent_and_stored(node):
     run(main)
 
 
-def test_flush_waits_for_a_submit_whose_wait_was_cancelled_and_raises_its_failure(make_node):
+def test_flush_waits_for_a_submit_whose_wait_was_cancelled_and_raises_its_failure(make_node, client_for):
     """Fault: a ``submit(wait=True)`` is cancelled while the node is full,
     and the submit then fails at its deadline (busy). flush() waits for it
     like any other submit and raises the failure. Before, flush() did not
-    know the submit: it returned at once and the task was lost unsaid."""
+    know the submit: it returned at once and the task was lost unsaid.
+    The node is filled through a patient client: a stall of the loaded
+    machine past 0.5 s failed that setup submit (before 2026-12-08)."""
     n = make_node(max_tasks=1)
+    client_for(n.endpoint).submit("job", [0], wait=True)
 
     async def main() -> None:
         async with miyaq.aio.Client(n.endpoint, submit_timeout=0.5) as client:
-            await client.submit("job", [0], wait=True)
             submitting = asyncio.ensure_future(client.submit("job", [1], id="c" * 32, wait=True))
             await asyncio.sleep(0)
             submitting.cancel()
