@@ -11,6 +11,7 @@ fails with the expected error.
 from __future__ import annotations
 
 import configparser
+import gc
 import os
 from pathlib import Path
 
@@ -143,18 +144,25 @@ BAD = [
 BAD_PROGRAM = "import miyaq\nfrom tasks import add, app, fetch, greet\n" + "".join(f"{line}\n" for line, _, _ in BAD)
 
 
+COLLECTOR_BEFORE: list[tuple[int, ...]] = []
+"""The cycle collector's thresholds when :func:`checked` ran mypy."""
+
+
 @pytest.fixture(scope="module")
 def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     """mypy --strict, once, on ``good.py`` and ``bad.py`` (beside the user's
     ``tasks.py``): each file's output lines. mypy finds miyaq where this
     process imports it from (PYTHONPATH, or site-packages), as it finds an
     installed package: there only a ``py.typed`` marker makes it read the
-    annotations (without, ``missing library stubs or py.typed marker``)."""
+    annotations (without, ``missing library stubs or py.typed marker``).
+    mypy sets the process's collector thresholds for its own run (200,000
+    allocations a young collection): they are put back after it."""
     tmp = tmp_path_factory.mktemp("typing")
     (tmp / "tasks.py").write_text(USER_TASKS)
     (tmp / "good.py").write_text(GOOD)
     (tmp / "bad.py").write_text(BAD_PROGRAM)
     cwd = os.getcwd()
+    COLLECTOR_BEFORE[:] = [gc.get_threshold()]
     os.chdir(tmp)
     try:
         stdout, stderr, _ = api.run([
@@ -163,6 +171,7 @@ def checked(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
             "--config-file", "", "good.py", "bad.py"])
     finally:
         os.chdir(cwd)
+        gc.set_threshold(*COLLECTOR_BEFORE[0])
     lines = (stdout + stderr).splitlines()
     return {name: [line for line in lines if line.startswith(f"{name}:")] for name in ("good.py", "bad.py", "tasks.py")}
 
@@ -175,6 +184,17 @@ def test_the_package_ships_a_py_typed_marker() -> None:
     cfg = configparser.ConfigParser()
     cfg.read(ROOT / "setup.cfg")
     assert "py.typed" in cfg["options.package_data"].get("miyaq", "").replace(",", " ").split()
+
+
+def test_running_mypy_here_leaves_the_collector_of_this_process_as_it_found_it(
+        checked: dict[str, list[str]]) -> None:
+    """Fault: mypy, run in this process, sets the cycle collector's
+    thresholds to (200000, 30, 30) for its own speed, and they stayed so for
+    every later test of the same pytest worker: one that counts the young
+    collections of 100,000 allocations (tests/test_decode_bounds.py) saw
+    none (a suite run with ``-n 4 --dist loadfile`` that ran this file
+    first on that worker, 2026-12-08)."""
+    assert COLLECTOR_BEFORE and gc.get_threshold() == COLLECTOR_BEFORE[0]
 
 
 def test_correct_uses_type_check(checked: dict[str, list[str]]) -> None:
