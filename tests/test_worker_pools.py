@@ -525,6 +525,31 @@ def test_a_handler_that_forks_leaves_no_copy_of_the_child_behind(procs, node, cl
                 os.kill(pid, signal.SIGKILL)
 
 
+def test_a_forked_helper_is_not_ended_by_another_handler_s_copy(procs, node, client, events):
+    """Fault: in the gevent pool a handler forks a helper that yields (a
+    patched ``time.sleep``, a socket) while another handler runs. The
+    helper's copy of that other handler resumes at the yield and returns;
+    it is parked, and the helper runs to its own ``os._exit(7)``. Before
+    (review43, 2026-12-08), the copy that returned ended the helper as a
+    forked copy of its own handler, with status 0 -- its work cut short
+    and reported a success."""
+    path, env = events
+    _worker(procs, node, "gevent", 2, env)
+    _registered(client)
+    tag = uuid.uuid4().hex
+    bystander = client.submit("await_helper", [tag], timeout=60, max_retries=0, wait=True)
+    wait_for(lambda: _starts(path, tag), what="the other handler running")
+    helpers: list[int] = []
+    try:
+        assert client.call("fork_helper", [tag], timeout=60) == 7
+        assert bystander.result(30) is True
+    finally:
+        helpers.extend(e[2] for e in pools.read_events(path) if e[:2] == ["helper", tag])
+        for pid in helpers:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
 @pytest.mark.parametrize("pool", POOLS)
 def test_a_handler_s_forked_helper_ends_on_the_signals_it_is_sent(procs, node, client, events, pool):
     """Fault: a handler forks a helper (``os.fork()``, a ``multiprocessing``

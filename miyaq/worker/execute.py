@@ -229,10 +229,22 @@ def run_sync(fn: Callable[..., Any], body: bytes | None, killing: Callable[[], b
 #: task, where ``os.getpid()`` would be two system calls.
 _forks = 0
 
+#: The greenlet that forked this process (None: a thread without greenlets,
+#: the only one a forked copy keeps).
+_forker: Any = None
+
 
 def _count_fork() -> None:
-    global _forks
+    global _forks, _forker
     _forks += 1
+    _forker = _current_greenlet()
+
+
+def _current_greenlet() -> Any:
+    """The running greenlet where greenlet is loaded, else None (a
+    processes-pool child need not load it)."""
+    greenlet = sys.modules.get("greenlet")
+    return greenlet.getcurrent() if greenlet is not None else None
 
 
 os.register_at_fork(after_in_child=_count_fork)
@@ -246,13 +258,36 @@ def _end_forked_copy(status: int) -> None:
     sockets: before (syncteam, 2026-12-08) it ran on as a second worker, an
     orphan that outlived its worker's SIGTERM (one spun at full CPU). Its
     standard streams are flushed first, as ``multiprocessing`` does for a
-    forked child."""
+    forked child.
+
+    In the gevent pool a copy that yields runs the copies of the other
+    handlers' greenlets too: one of those that returns is parked for good
+    instead (:func:`_park_bystander`) -- the copy is the forking handler's,
+    to end as it will. Before (review43, 2026-12-08) the first copy of any
+    handler to return ended it, status 0: a helper forked to do some work
+    was cut short, reported a success."""
+    if _forker is not None and _current_greenlet() is not _forker:
+        _park_bystander()
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except BaseException:  # noqa: BLE001 - a closed or broken stream must not keep the copy alive
             pass
     os._exit(status)
+
+
+def _park_bystander() -> None:
+    """Never return: this greenlet is another handler's copy in a process
+    one handler forked (its result is not this process's to report). It
+    waits on an event nobody sets, whatever is thrown into it (the copied
+    worker's timeout or stop, run by the copy's hub); the process ends as
+    its forker does."""
+    from ..runtime import green
+    while True:
+        try:
+            green.Event().wait()
+        except BaseException:  # noqa: BLE001 - a copy's interruption must not make it report
+            pass
 
 
 async def run_async(fn: Callable[..., Any], body: bytes | None,

@@ -421,6 +421,39 @@ async def aunpackable_result(tag: str) -> set[int]:
     return {1, 2}
 
 
+def _wait_for_event(tag: str, what: str) -> bool:
+    """Block (time.sleep) until an event ``[what, tag]`` is recorded, or BARRIER_WAIT passed."""
+    end = time.monotonic() + BARRIER_WAIT
+    while time.monotonic() < end:
+        if any(e[:2] == [what, tag] for e in read_events(os.environ["MIYAQ_TEST_EVENTS"])):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@app.task(name="await_helper")
+def await_helper(tag: str) -> bool:
+    """Block until another handler's forked helper has started, then record
+    "bystander done" and return (in the worker, and in the helper's copy of
+    this handler when the helper yields to its hub)."""
+    record("start", tag, os.getpid())
+    seen = _wait_for_event(tag, "helper")
+    record("bystander done", tag, os.getpid())
+    return seen
+
+
+@app.task(name="fork_helper")
+def fork_helper(tag: str) -> int:
+    """Fork a helper that waits (time.sleep) until "bystander done" is
+    recorded, then exits with status 7; return its exit code."""
+    pid = os.fork()
+    if pid == 0:
+        record("helper", tag, os.getpid())
+        _wait_for_event(tag, "bystander done")
+        os._exit(7)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+
+
 @app.task(name="fork_and_return")
 def fork_and_return(tag: str) -> str:
     """Forks, and both copies return (the forked one does not exit)."""
