@@ -667,6 +667,62 @@ def test_status_says_which_pool_runs(procs, node, client, events, pool):
     assert out.splitlines()[header + 1].split()[1:3] == [pool, "3"]
 
 
+def _state(pid: int) -> str:
+    """The process's state letter in /proc (T: stopped), or "" once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+#: A shell's job, in miniature: the worker leads a process group of its own
+#: under a parent of another group in the same session (a group without
+#: one is orphaned, and the kernel discards the SIGTSTP sent to it).
+JOB = ("import subprocess, sys; p = subprocess.Popen(sys.argv[1:], process_group=0); "
+       "print(p.pid, flush=True); sys.exit(p.wait())")
+
+
+def test_job_control_stops_and_continues_the_processes_pool_s_children(node, client, events, tmp_path):
+    """Fault: a terminal's Ctrl-Z (SIGTSTP) reaches the processes-pool worker
+    alone, its children leading process groups of their own. The worker
+    stops its children's groups, then itself; SIGCONT (``fg``) continues
+    them all. Before (review43, 2026-12-08), since the children led their
+    own groups, they ran on while their worker stood stopped -- handlers
+    and the programs they run, out of the job's control."""
+    _, env = events
+    with open(tmp_path / "worker.log", "wb") as log:
+        shell = subprocess.Popen(
+            [sys.executable, "-c", JOB, sys.executable, "-m", "miyaq.cli.main", "worker", "apps.pools:app",
+             "--connect", node.endpoint, "--concurrency", "1", "--pool", "processes", "--prefetch", "0",
+             "--heartbeat", "0.25", "--grace", "5"],
+            stdout=subprocess.PIPE, stderr=log, env={**os.environ, **env}, start_new_session=True)
+    worker = 0
+    try:
+        worker = int(shell.stdout.readline())
+        _registered(client)
+        child = client.call("pid", timeout=60)
+        try:
+            os.kill(worker, signal.SIGTSTP)
+            wait_for(lambda: _state(worker) == "T", timeout=10, what="the worker stopped")
+            wait_for(lambda: _state(child) == "T", timeout=10, what="its child stopped")
+        finally:
+            os.kill(worker, signal.SIGCONT)
+        wait_for(lambda: _state(child) not in ("T", ""), timeout=10, what="its child continued")
+        assert client.call("pid", timeout=30) == child and _state(worker) not in ("T", "")
+    finally:
+        if worker and _alive(worker):
+            os.kill(worker, signal.SIGCONT)
+            os.kill(worker, signal.SIGTERM)
+        try:
+            shell.wait(30)
+        except subprocess.TimeoutExpired:
+            os.kill(worker, signal.SIGKILL)
+            shell.kill()
+            shell.wait(10)
+        shell.stdout.close()
+
+
 def test_pool_settings_are_checked(procs, node):
     """Bad input: an unknown pool, or a processes-only setting with another
     pool, is refused with a clear error before anything starts."""
@@ -835,7 +891,7 @@ def test_stopping_the_processes_pool_kills_a_busy_child_at_once(monkeypatch):
 
     pool = processes.ProcessPool.__new__(processes.ProcessPool)
     pool.children = {b"busy": busy, b"idle": idle}
-    pool.retired = []
+    pool.retired, pool.job_control = [], []
     pool.sock, pool.factory, pool.dir = Sock(), Closed(), Closed()
     waits: list[float] = []
     groups: list[int] = []

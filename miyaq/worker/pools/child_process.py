@@ -43,10 +43,11 @@ def child_command(endpoint: str, identity: bytes, app_spec: str, parent: int, lo
             str(parent), log_level]
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL process group ``pgid``; never raises (gone already: nothing to do)."""
+def kill_group(pgid: int, signum: int = signal.SIGKILL) -> None:
+    """Send process group ``pgid`` ``signum`` (SIGKILL); never raises (gone
+    already: nothing to do)."""
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.killpg(pgid, signum)
     except (ProcessLookupError, PermissionError):
         pass
 

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
+import threading
 from typing import Any
 
 from ...errors import ConfigError
@@ -33,7 +35,7 @@ from ..execute import Outcome, interrupted
 from ..jobs import Job
 from .base import NotStarted, PoolParts
 from .child import EXIT, HELLO, OUTCOME, RUN, TOUCH, pack, unpack
-from .child_process import ChildProcess, child_command
+from .child_process import ChildProcess, child_command, kill_group
 from .private_dir import PrivateDir
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class ProcessPool:
         self.waiting: list[Job] = []
         self.withdrawn: set[Job] | None = None
         self.all_ready = green.Event()     # every child said hello once (logged)
+        self.job_control: list[Any] = []    # the SIGTSTP and SIGCONT handlers, cancelled at stop
 
     # -- children -----------------------------------------------------------------------
     def start(self) -> None:
@@ -92,6 +95,28 @@ class ProcessPool:
         for _ in range(self.parts.concurrency):
             self._start_child()
         logger.info("processes pool: starting %d child process(es)", self.parts.concurrency)
+        if threading.current_thread() is threading.main_thread():     # signals are the main thread's
+            self.job_control = [green.on_signal(signal.SIGTSTP, self._job_stop),
+                                green.on_signal(signal.SIGCONT, self._job_continue)]
+
+    def _job_stop(self) -> None:
+        """SIGTSTP (a terminal's Ctrl-Z): stop the children's process groups,
+        then this process, as a shell's job stops whole. The children lead
+        groups of their own, which the terminal's signals do not reach:
+        before (review43, 2026-12-08) they ran on while their worker stood
+        stopped. A SIGSTOP sent to the worker alone cannot be passed on."""
+        self._signal_children(signal.SIGSTOP)
+        os.kill(os.getpid(), signal.SIGSTOP)
+
+    def _job_continue(self) -> None:
+        """SIGCONT (``fg``, ``bg``, ``kill -CONT``): continue the children's groups too."""
+        self._signal_children(signal.SIGCONT)
+
+    def _signal_children(self, signum: int) -> None:
+        # Only children not reaped yet: till then a pid names its own group.
+        for child in [*self.children.values(), *self.retired]:
+            if child.proc.returncode is None:
+                kill_group(child.pid, signum)
 
     def ready(self, timeout: float) -> bool:
         """Wait until every child has said hello once (later replacements are
@@ -320,6 +345,8 @@ class ProcessPool:
         and with ``--processes N`` the supervisor, whose patience is the
         grace plus the same 5 s, killed the worker before it ended cleanly."""
         self.stopping = True
+        for handler in self.job_control:
+            handler.cancel()
         try:
             for child in list(self.children.values()):
                 if child.job is not None or not child.ready:
