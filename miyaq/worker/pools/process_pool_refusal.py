@@ -33,12 +33,15 @@ REFUSED = ("multiprocessing.Pool does not work in miyaq's gevent pool: under gev
 
 def refuse_process_pools() -> None:
     """Make ``multiprocessing.Pool`` (not ``ThreadPool``) raise ``ConfigError``
-    in this process, now if its module is imported, else when it is.
-    Idempotent. Only for a process gevent has patched."""
+    in this process, now if its module is imported, and whenever it is
+    executed again: imported, or reloaded (``importlib.reload`` finds it
+    through the hook too; before review43, 2026-12-08, a module imported
+    before the refusal and then reloaded made Pools again). Idempotent. Only
+    for a process gevent has patched."""
     module = sys.modules.get(MODULE)
     if module is not None:
         _refuse(module)
-    elif not any(isinstance(finder, _Hook) for finder in sys.meta_path):
+    if not any(isinstance(finder, _Hook) for finder in sys.meta_path):
         sys.meta_path.insert(0, _Hook())
 
 
