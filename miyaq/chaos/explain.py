@@ -19,7 +19,8 @@ explains it:
    node that dispatched a task died, froze or was cut off before the
    other holders heard the task's start or finish, so a standby copy ran
    (or the node's log brought the running task back, docs/semantics.md
-   case 3).
+   case 3). A finish counts as unheard until ``REPORT_GRACE`` after it, or
+   while a network fault on any node held it back (:func:`heard_by`).
 3. ``rerun-<kind>``: the earlier run was in flight at the fault or ended
    at most ``MISSED_FINISH_HORIZON`` before it began, and
    the re-run was leased by a node that could not hear
@@ -293,20 +294,29 @@ def explain(runs: list[Run], spans: list[FaultSpan]) -> list[Explanation]:
     return out
 
 
-def heard_by(run: Run, nodes: list[str | None], spans: list[FaultSpan]) -> float:
-    """When the holders on ``nodes`` have surely heard of ``run``'s end:
-    ``REPORT_GRACE`` after it, or, while a network fault (``BLIND_KINDS``)
-    on one of them held the announcement back -- a ``slow`` link with a
-    large REPLICATE before it in the same stream, a partition -- ``HEAL_GRACE``
-    after that fault healed (inf: a run with no end, or a fault never
-    healed). A kill of the run's node before then leaves the others its
-    standby copies, to run again (the holder rule)."""
+def heard_by(run: Run, spans: list[FaultSpan]) -> float:
+    """When every holder has surely heard of ``run``'s end: ``REPORT_GRACE``
+    after it, or, while a network fault (``BLIND_KINDS``) on any node held
+    the announcement back -- a ``slow`` link with a large REPLICATE before
+    it in the same stream, a partition -- ``HEAL_GRACE`` after that fault
+    healed (inf: a run with no end, or a fault never healed). A kill of the
+    run's node before then leaves the others its standby copies, to run
+    again (the holder rule).
+
+    Any node, not only the run's and the re-run's: the history does not
+    name a task's holders, and a holder that missed the end passes its
+    copy on at a ring change (docs/cluster.md, "Handoff"), which the kill
+    of the run's node makes. Chaos seed 495032380 (before 2026-12-08 only
+    the two runs' nodes counted, and this was "unexplained"): n1's link at
+    1 Mbit/s held back n2's finish of three tasks and cost n1 its
+    ZooKeeper session; out of the ring, n1 handed its copies, live by its
+    record, to n0; n2 was killed 2 s after the heal, and n0's copies heard
+    silence from it and ran."""
     if run.end is None:
         return math.inf
     heard = run.end + REPORT_GRACE
     for span in sorted(spans, key=lambda s: s.begin):
-        if span.kind in BLIND_KINDS and span.begin <= heard and any(
-                node in span.target.split("+") for node in nodes if node is not None):
+        if span.kind in BLIND_KINDS and span.begin <= heard:
             if span.heal is None:
                 return math.inf
             if span.heal + HEAL_GRACE > heard and span.heal + HEAL_GRACE > run.end:
@@ -333,7 +343,7 @@ def _explain_one(earlier: Run, again: Run, spans: list[FaultSpan]) -> Explanatio
         if span.kind not in NOT_NODE_KINDS and earlier.node is not None \
                 and earlier.node in span.target.split("+") \
                 and (in_flight(earlier, span, spans)
-                     or earlier.t <= span.begin < heard_by(earlier, [earlier.node, again.node], spans)):
+                     or earlier.t <= span.begin < heard_by(earlier, spans)):
             return Explanation(f"holder-{span.kind}", span.fid, RULES["holder"])
     for span in window:
         cut_off = span.target.split("+")
