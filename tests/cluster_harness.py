@@ -6,7 +6,7 @@ from typing import Any
 
 import miyaq
 from miyaq.protocol.ring import Ring
-from miyaq.testing.harness import NodeProc, free_port, wait_for
+from miyaq.testing.harness import NodeProc, wait_for
 
 
 class Cluster:
@@ -20,10 +20,14 @@ class Cluster:
 
     def start_node(self, node_id: str, *extra: str, port: int | None = None, env: dict | None = None,
                    wait: bool = True) -> NodeProc:
-        """Start ``node_id``; with ``wait`` (the default) return once it answers."""
+        """Start ``node_id``; with ``wait`` (the default) return once it answers.
+        Without ``port`` the harness picks it, and picks again if another
+        process takes it before the node binds it (miyaq.testing.harness):
+        with ``wait=False`` the node's endpoint and client are the final ones
+        only after :meth:`ready`."""
         args = ["--zk", self.zk, "--cluster", self.name, "--node-id", node_id, "--heartbeat", "0.25",
                 "--zk-session-timeout", "2", "--replica-offset", "1", *extra]
-        proc = self.procs.node(*args, port=port or free_port(), env=env, wait=wait)
+        proc = self.procs.node(*args, port=port, env=env, wait=wait)
         # NodeProc names the node n<port>; the last --node-id wins.
         self.nodes[node_id] = proc
         self.clients[node_id] = self.client_for(proc.endpoint, submit_timeout=20.0)
@@ -32,12 +36,24 @@ class Cluster:
     def start(self, k: int, *extra: str, env: dict | None = None) -> "Cluster":
         """``k`` nodes n0.. started together (each process's start-up, a
         second or more, overlaps the others'), then their ring and streams."""
-        started = [self.start_node(f"n{i}", *extra, env=env, wait=False) for i in range(k)]
-        for proc in started:
-            proc.wait_ready()
+        node_ids = [f"n{i}" for i in range(k)]
+        for node_id in node_ids:
+            self.start_node(node_id, *extra, env=env, wait=False)
+        for node_id in node_ids:
+            self.ready(node_id)
         self.wait_ring(set(self.nodes))
         self.wait_streams()
         return self
+
+    def ready(self, node_id: str) -> NodeProc:
+        """Until ``node_id`` (started with ``wait=False``) answers; if it was
+        started again on other ports, its client is a new one to them."""
+        proc = self.nodes[node_id]
+        endpoint = proc.endpoint
+        proc.wait_ready()
+        if proc.endpoint != endpoint:
+            self.clients[node_id] = self.client_for(proc.endpoint, submit_timeout=20.0)
+        return proc
 
     def wait_streams(self, nodes: list[str] | None = None) -> None:
         """Until every node hears every other's replication stream (a new

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import re
 import socket
 import stat
 from collections.abc import Iterator
@@ -71,6 +72,18 @@ def why(port: Port, exc: BaseException) -> str:
                 f"or name of this machine ({port.host_flag} takes one of those, e.g. 127.0.0.1 or 0.0.0.0)")
     reason = getattr(exc, "strerror", None) or str(exc)
     return f"cannot bind {where} ({port.what}): {reason}"
+
+
+IN_USE = re.compile(r"(?:miyaq: error: )?port (\d+) is in use \((.+?) on ([^)]+)\): another process listens there")
+"""The start of :func:`why`'s line for a port in use (``miyaq: error: `` before it
+when a node process prints it); group 1 is the port, 2 what it is for."""
+
+
+def port_in_use(line: str) -> tuple[int, str] | None:
+    """(port, what it is for) if ``line`` is :func:`why`'s message for a port
+    in use -- a ConfigError's message or a node's last line -- else None."""
+    match = IN_USE.fullmatch(line.strip().split("; ", 1)[0])
+    return (int(match.group(1)), match.group(2)) if match else None
 
 
 @contextmanager

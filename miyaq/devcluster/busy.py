@@ -24,15 +24,13 @@ Constraints:
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from miyaq.core.binding import port_in_use
 from miyaq.devcluster.node import DevNode
 
 __all__ = ["TakenPort", "taken_port"]
 
-IN_USE = re.compile(r"miyaq: error: port (\d+) is in use \((.+?) on ([^)]+)\): another process listens there")
-"""The last line of a node that could not bind a port in use (:func:`miyaq.core.binding.why`)."""
 EXIT_CONFIG = 2
 """A node's exit status for a ConfigError (``miyaq: error: ...``)."""
 TAIL_BYTES = 65536
@@ -53,13 +51,10 @@ def taken_port(node: DevNode) -> TakenPort | None:
     if node.exit_code != EXIT_CONFIG:
         return None
     lines = [line for line in _run_output(node).splitlines() if line.strip()]
-    match = IN_USE.fullmatch(lines[-1].split("; ", 1)[0]) if lines else None
-    if match is None:
+    taken = port_in_use(lines[-1]) if lines else None
+    if taken is None or not lines[-1].startswith("miyaq: error: ") or taken[0] not in node.ports:
         return None
-    port = int(match.group(1))
-    if port not in node.ports:
-        return None
-    return TakenPort(port, match.group(2))
+    return TakenPort(*taken)
 
 
 def _run_output(node: DevNode) -> str:

@@ -4,9 +4,20 @@ one process) or as subprocesses (for kill -9 and signals).
 Every object here cleans up after itself (``stop()`` / context manager) and
 keeps its process's output in a log file whose tail :meth:`log_tail` shows.
 No pytest imports: ``miyaq dev-cluster`` and ``miyaq bench`` use it too.
+
+A port picked here (:func:`free_port`) is checked free when picked, and the
+node binds it later: another process (another test's subprocess, another
+suite on the machine) can take it in between, and the node fails to start
+with "port P is in use". :class:`ThreadNode` and :class:`NodeProc` then
+start the node again on freshly picked ports, up to :data:`PORT_TRIES` starts
+in all, with a WARNING -- only when the taken port is one they picked
+themselves: a port the caller named fails the start as before (a test of
+that error must see it). ``miyaq dev-cluster`` does the same for its nodes
+(:mod:`miyaq.devcluster.busy`).
 """
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import socket
@@ -21,7 +32,8 @@ from typing import Any, Callable
 
 from miyaq.client.client import Client
 from miyaq.config import NodeConfig
-from miyaq.errors import MiyaqError, Timeout
+from miyaq.core.binding import port_in_use
+from miyaq.errors import ConfigError, MiyaqError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.runtime import LOG, Supervisor, green, monotonic
@@ -29,11 +41,23 @@ from miyaq.runtime.endpoints import WILDCARDS, tcp_endpoint
 from miyaq.testing import ports
 from miyaq.worker.runner import Worker
 
+logger = logging.getLogger(__name__)
+
+PORT_TRIES = 3
+"""Starts of a node whose picked port another process took before it bound
+it (the first and up to two more, each on freshly picked ports)."""
+
 
 def free_port() -> int:
     """A free loopback port, and the next two, for a node's peer and pub
     sockets (:func:`miyaq.testing.ports.free_port`: below the ephemeral range)."""
     return ports.free_port(span=3)
+
+
+def _picked_block(port: int, peer_named: bool, pub_named: bool) -> set[int]:
+    """The ports of a block the harness picked at ``port`` that the node binds:
+    ``port`` itself, and the peer and PUB ports derived from it unless named."""
+    return {port} | (set() if peer_named else {port + 1}) | (set() if pub_named else {port + 2})
 
 
 @contextmanager
@@ -107,6 +131,7 @@ class _HubThread:
                 self._async = green.ThreadWake(lambda: stopper.spawn("harness stop", stop, obj, policy=LOG))
             except BaseException as exc:
                 self.error = exc
+                green.destroy_hub()     # the thread ends here: its hub goes with it (see below)
                 self._ready.set()
                 return
             self._ready.set()
@@ -151,9 +176,21 @@ class ThreadNode:
 
     def __init__(self, coordinator: Callable[[NodeConfig], Any] | None = None, **settings: Any) -> None:
         """``coordinator``, if given, makes the node's coordinator from its
-        config (in the node's thread): a clustered node without ZooKeeper."""
+        config (in the node's thread): a clustered node without ZooKeeper.
+        Without ``port`` the harness picks the ports (and picks them again if
+        another process takes one first, see the module's doc)."""
         self._coordinator = coordinator
-        settings.setdefault("port", free_port())
+        self._settings = settings
+        self._picked: set[int] = set()      # the ports the harness picked, which it may pick again
+        self._configure(None if "port" in settings else free_port())
+
+    def _configure(self, port: int | None) -> None:
+        """The node's config from the settings given and, unless they named
+        it, the picked ``port``."""
+        settings = dict(self._settings)
+        if port is not None:
+            settings["port"] = port
+            self._picked = _picked_block(port, bool(settings.get("peer_port")), bool(settings.get("pub_port")))
         settings.setdefault("http_port", 0)
         settings.setdefault("node_id", f"t{settings['port']}")
         settings.setdefault("shutdown_grace", 2.0)
@@ -162,14 +199,27 @@ class ThreadNode:
         #: Where a client in this process reaches the node (loopback for a wildcard host).
         self.endpoint = tcp_endpoint(host if host not in WILDCARDS else "127.0.0.1", self.config.port)
         self._hub = _HubThread(f"node-{self.config.node_id}")
-        self.node: Node | None = None
 
     def start(self) -> "ThreadNode":
+        """Build and start the node in its thread; ConfigError (or what else
+        the build raised) if it cannot, after :data:`PORT_TRIES` starts when
+        it is a picked port that was taken."""
         def build() -> Node:
             make = self._coordinator
             return build_node(self.config, coordinator=make(self.config) if make else None).start()
-        self.node = self._hub.run(build, lambda n: n.wait(), lambda n: n.stop())
-        return self
+        for attempt in range(1, PORT_TRIES + 1):
+            try:
+                self.node = self._hub.run(build, lambda n: n.wait(), lambda n: n.stop())
+                return self
+            except ConfigError as exc:
+                taken = port_in_use(exc.message)
+                if taken is None or taken[0] not in self._picked or attempt == PORT_TRIES:
+                    raise
+                logger.warning("node %s: port %d (%s) was taken before it bound it; starting it again on "
+                               "fresh ports (start %d of %d)", self.config.node_id, taken[0], taken[1],
+                               attempt + 1, PORT_TRIES)
+                self._configure(free_port())
+        raise AssertionError("unreachable: the last start returned or raised")
 
     def stop(self) -> None:
         self._hub.stop()
@@ -275,28 +325,71 @@ class Proc:
 
 
 class NodeProc(Proc):
+    """A node process. Without ``port`` the harness picks its ports (and picks
+    them again if another process takes one first, see the module's doc)."""
+
     def __init__(self, port: int | None = None, extra: list[str] | None = None, **kw: Any) -> None:
-        self.port = port or free_port()
+        self._extra = list(extra or [])
+        self._picked: set[int] = set()      # the ports the harness picked, which it may pick again
+        super().__init__([], name="", **kw)
+        self._use(port or self._pick())
+
+    def _pick(self) -> int:
+        port = free_port()
+        if "--port" not in self._extra:
+            self._picked = _picked_block(port, "--peer-port" in self._extra, "--pub-port" in self._extra)
+        return port
+
+    def _use(self, port: int) -> None:
+        self.port = port
         self.endpoint = f"tcp://127.0.0.1:{self.port}"
-        super().__init__(["node", "--port", str(self.port), "--http-port", "0",
-                          "--node-id", f"n{self.port}", "--shutdown-grace", "5", *(extra or [])],
-                         name=f"node-{self.port}", **kw)
+        self.args = ["node", "--port", str(self.port), "--http-port", "0", "--node-id", f"n{self.port}",
+                     "--shutdown-grace", "5", *self._extra]
+        self.name = f"node-{self.port}"
+        self.log_path = os.path.join(self.log_dir, f"{self.name}.log")
 
     def wait_ready(self, timeout: float = 20.0) -> "NodeProc":
+        """Return once the node answers; MiyaqError if it exited (after
+        :data:`PORT_TRIES` starts if a picked port was taken), Timeout if it
+        did not answer within ``timeout`` (of each start)."""
+        attempt = 1
+        while not self._answers(timeout):
+            taken = self._taken_port()
+            if taken is None or attempt == PORT_TRIES:
+                raise MiyaqError(f"node exited early:\n{self.log_tail()}")
+            attempt += 1
+            logger.warning("node on port %d: port %d (%s) was taken before it bound it; starting it again on "
+                           "fresh ports (start %d of %d; its log: %s)", self.port, taken[0], taken[1], attempt,
+                           PORT_TRIES, self.log_path)
+            self._use(self._pick())
+            self.start()
+        return self
+
+    def _answers(self, timeout: float) -> bool:
+        """True once the node answers, False if it exited first."""
         client = Client(self.endpoint, submit_timeout=2, request_timeout=1)
         try:
             deadline = monotonic() + timeout
             while True:
                 if not self.alive():
-                    raise MiyaqError(f"node exited early:\n{self.log_tail()}")
+                    return False
                 try:
                     client.status()
-                    return self
+                    return True
                 except MiyaqError:
                     if monotonic() > deadline:
                         raise Timeout(f"node on {self.endpoint} not ready:\n{self.log_tail()}") from None
         finally:
             client.close(flush=False)
+
+    def _taken_port(self) -> tuple[int, str] | None:
+        """(port, what for) if the node exited at start because another
+        process held one of the ports the harness picked for it."""
+        lines = [line for line in self.log_tail(5).splitlines() if line.strip()]
+        if self.exit_code != 2 or not lines or not lines[-1].startswith("miyaq: error: "):
+            return None
+        taken = port_in_use(lines[-1])
+        return taken if taken is not None and taken[0] in self._picked else None
 
 
 class WorkerProc(Proc):

@@ -1,0 +1,93 @@
+"""The harness's nodes when another process takes a picked port first.
+
+Fault (a suite run under load, 2026-12-07): the picker (miyaq.testing.ports)
+checks a port free, and the node binds it a moment later; another process
+-- another test's subprocess, another suite on the machine -- took it in
+between, and the node failed to start ("port 20781 is in use (service
+port)"), failing a test that had nothing to do with ports. A node the
+harness picked the ports of is now started again on fresh ones (a bounded
+number of times, with a WARNING); one whose port the test named still
+fails with the error, which tests of that error check.
+
+The fault is played by handing the node, once, a port this test holds
+(listening), then the picker's own choice.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from miyaq.client.client import Client
+from miyaq.errors import ConfigError
+from miyaq.testing import harness, ports
+from miyaq.testing.harness import ThreadNode
+
+
+@pytest.fixture
+def held() -> Iterator[int]:
+    """A loopback port this test listens on (taken, as by another process)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def hand_out_first(monkeypatch, taken: int, times: int = 1) -> list[int]:
+    """The picker hands out ``taken`` for its next ``times`` picks, then
+    its own choices; returns the list of every port it handed out."""
+    real = ports.free_port
+    handed: list[int] = []
+
+    def picker(span: int = 1, host: str = "127.0.0.1") -> int:
+        port = taken if len(handed) < times else real(span, host)
+        handed.append(port)
+        return port
+
+    monkeypatch.setattr(ports, "free_port", picker)
+    return handed
+
+
+def test_a_thread_node_whose_picked_port_was_taken_starts_on_fresh_ports(monkeypatch, held, caplog):
+    handed = hand_out_first(monkeypatch, held)
+    with caplog.at_level(logging.WARNING, logger="miyaq.testing.harness"):
+        with ThreadNode(shutdown_grace=0.2) as node:
+            assert handed[0] == held and node.config.port == handed[-1] != held
+            client = Client(node.endpoint, request_timeout=5)
+            try:
+                assert client.status()["node"] == node.config.node_id == f"t{node.config.port}"
+            finally:
+                client.close(flush=False)
+    assert any(f"port {held} (service port) was taken" in r.getMessage() for r in caplog.records)
+
+
+def test_a_thread_node_on_a_port_the_test_named_still_fails_in_use(monkeypatch, held):
+    handed = hand_out_first(monkeypatch, held)
+    with pytest.raises(ConfigError, match=f"port {held} is in use \\(service port on 127.0.0.1\\)"):
+        ThreadNode(port=held, shutdown_grace=0.2).start()
+    assert handed == []
+
+
+def test_a_thread_node_gives_up_after_port_tries_starts(monkeypatch, held):
+    handed = hand_out_first(monkeypatch, held, times=100)
+    with pytest.raises(ConfigError, match=f"port {held} is in use"):
+        ThreadNode(shutdown_grace=0.2).start()
+    assert handed == [held] * harness.PORT_TRIES
+
+
+def test_a_node_process_whose_picked_port_was_taken_starts_on_fresh_ports(monkeypatch, held, procs, client_for):
+    handed = hand_out_first(monkeypatch, held)
+    node = procs.node()
+    assert handed[0] == held and node.port == handed[-1] != held
+    assert node.endpoint == f"tcp://127.0.0.1:{node.port}"
+    assert client_for(node.endpoint).status()["node"] == f"n{node.port}"
+
+
+def test_a_node_process_on_a_port_the_test_named_still_fails_in_use(monkeypatch, held, procs):
+    handed = hand_out_first(monkeypatch, held)
+    with pytest.raises(Exception, match="node exited early") as failed:
+        procs.node(port=held)
+    assert f"miyaq: error: port {held} is in use (service port on 127.0.0.1)" in str(failed.value)
+    assert handed == []
