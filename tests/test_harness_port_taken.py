@@ -21,9 +21,10 @@ from collections.abc import Iterator
 import pytest
 
 from miyaq.client.client import Client
-from miyaq.errors import ConfigError
+from miyaq.errors import ConfigError, MiyaqError
 from miyaq.testing import harness, ports
 from miyaq.testing.harness import ThreadNode
+from miyaq.testing.zookeeper import ZooKeeperServer
 
 
 @pytest.fixture
@@ -90,4 +91,29 @@ def test_a_node_process_on_a_port_the_test_named_still_fails_in_use(monkeypatch,
     with pytest.raises(Exception, match="node exited early") as failed:
         procs.node(port=held)
     assert f"miyaq: error: port {held} is in use (service port on 127.0.0.1)" in str(failed.value)
+    assert handed == []
+
+
+def test_a_zookeeper_whose_picked_port_was_taken_starts_on_a_fresh_one(monkeypatch, held, caplog):
+    handed = hand_out_first(monkeypatch, held)
+    server = ZooKeeperServer()
+    try:
+        with caplog.at_level(logging.WARNING, logger="miyaq.testing.zookeeper"):
+            server.start()
+        assert handed[0] == held and server.port == handed[-1] != held
+        assert server.serving()
+    finally:
+        server.close()
+    assert any(f"port {held} was taken" in r.getMessage() for r in caplog.records)
+
+
+def test_a_zookeeper_on_a_port_the_caller_named_still_fails_in_use(monkeypatch, held):
+    handed = hand_out_first(monkeypatch, held)
+    server = ZooKeeperServer(port=held)
+    try:
+        with pytest.raises(MiyaqError, match="exited with code") as failed:
+            server.start()
+        assert "Address already in use" in str(failed.value)
+    finally:
+        server.close()
     assert handed == []

@@ -43,7 +43,7 @@ from miyaq.worker.runner import Worker
 
 logger = logging.getLogger(__name__)
 
-PORT_TRIES = 3
+PORT_TRIES = ports.PORT_TRIES
 """Starts of a node whose picked port another process took before it bound
 it (the first and up to two more, each on freshly picked ports)."""
 

@@ -36,6 +36,10 @@ LOWEST = 10_000
 a machine is likelier to run)."""
 TRIES = 200
 """Ports looked at for one block before the kernel's choice is taken."""
+PORT_TRIES = 3
+"""Starts of a server (a harness's node, a test's ZooKeeper) whose picked port
+another process took between the pick and its bind: the first and up to two
+more, each on freshly picked ports (:mod:`miyaq.testing.harness`)."""
 
 _next: dict[int, int] = {}
 """Per slice (by its first port): where this process looks for its next block."""

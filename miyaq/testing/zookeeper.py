@@ -71,6 +71,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     return ports.free_port(host=host)
 
 
+def _client_port_taken(run: str, host: str, port: int) -> bool:
+    """Whether the log of one run, ``run``, says the server could not bind its
+    client port ``port`` because it is in use (the line binding it, then a
+    ``BindException``: ZooKeeper 3.8 exits with code 1 so)."""
+    binding = run.find(f"binding to port /{host}:{port}")
+    return binding >= 0 and "java.net.BindException: Address already in use" in run[binding:]
+
+
 def find_installation(jar_dir: Path = JAR_DIR, java: str | None = None) -> tuple[str, str]:
     """Return ``(java, classpath)`` or raise ``MiyaqError`` saying what is missing."""
     java_path = java or shutil.which("java")
@@ -166,14 +174,32 @@ class ZooKeeperServer:
         """Start the server and wait until it serves clients (``wait_serving``)
         or only until its process answers ``imok`` (an ensemble member that
         may have no quorum yet) -- or until ``cancelled()`` (asked to stop:
-        the process runs on, for :meth:`stop`)."""
+        the process runs on, for :meth:`stop`).
+
+        A standalone server whose client port was picked here (no ``port``
+        given) and that exits because another process took that port before
+        it bound it is started again on a freshly picked one, up to
+        :data:`~miyaq.testing.ports.PORT_TRIES` starts, with a WARNING; a
+        port the caller named, or an ensemble member's, fails the start."""
         if self.running:
             return self
+        picked = self._port is None and not self._quorum
+        for attempt in range(1, ports.PORT_TRIES + 1):
+            if self._start_once(timeout, wait_serving, cancelled, retry=picked and attempt < ports.PORT_TRIES):
+                return self
+            logger.warning("ZooKeeper: port %d was taken before it bound it; starting it again on a fresh port "
+                           "(start %d of %d)", self._port, attempt + 1, ports.PORT_TRIES)
+            self._port = free_port(self.host)
+        raise AssertionError("unreachable: the last start returned or raised")
+
+    def _start_once(self, timeout: float, wait_serving: bool, cancelled: Callable[[], bool], retry: bool) -> bool:
+        """One start (see :meth:`start`): True once started, False if it exited
+        because its client port was taken and ``retry``; raises otherwise."""
         java, classpath = find_installation(self._jar_dir, self._java)
         if self._dir is None:
             self._dir = Path(tempfile.mkdtemp(prefix="miyaq-zk-"))
         if self._port is None:
-            self._port = free_port()
+            self._port = free_port(self.host)
         config = self._write_config()
         command = [
             *self._launcher,
@@ -187,8 +213,9 @@ class ZooKeeperServer:
             _MAIN,
             str(config),
         ]
+        marker = f"--- miyaq: starting ZooKeeper on {self.hosts} ---"
         with open(self.log_path, "ab") as log:
-            log.write(f"--- miyaq: starting ZooKeeper on {self.hosts} ---\n".encode())
+            log.write(f"{marker}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
                 command,
@@ -204,14 +231,17 @@ class ZooKeeperServer:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
                 self._proc = None
+                run = self.log_text().rpartition(marker)[2]
+                if retry and _client_port_taken(run, self.host, self.port):
+                    return False
                 raise MiyaqError(
                     f"ZooKeeper exited with code {code} during start; log tail:\n{self.log_text(4000)}"
                 )
             if self.serving() if wait_serving else self.ruok():
                 logger.info("ZooKeeper %s on %s", "ready" if wait_serving else "up", self.hosts)
-                return self
+                return True
             if cancelled():
-                return self
+                return True
             if monotonic() >= deadline:
                 self.kill()
                 raise Timeout(
