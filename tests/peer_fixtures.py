@@ -246,6 +246,7 @@ def clustered_node(peer: FakePeer, **settings: Any) -> ThreadNode:
     def coordinator(config: NodeConfig) -> FixedRing:
         return FixedRing(local_member(config), [peer.member])
 
-    port = free_port()
-    return ThreadNode(coordinator=coordinator, port=port, peer_port=free_port(), pub_port=free_port(),
-                      node_id=f"n{port}", **settings)
+    # The harness picks the ports (service, peer = port + 1, PUB = port + 2),
+    # so it picks them again if another process takes one before the node
+    # binds it (miyaq.testing.harness); the node is t<port>.
+    return ThreadNode(coordinator=coordinator, **settings)

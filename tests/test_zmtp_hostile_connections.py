@@ -63,8 +63,8 @@ def test_a_zmtp_1_0_message_on_the_peer_port_does_not_stop_the_node():
     peer = FakePeer()
     node = clustered_node(peer).start()
     try:
-        send_zmtp10(node.config.peer_port)
-        dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer_port}")
+        send_zmtp10(node.config.peer)
+        dealer = PeerDealer(f"tcp://127.0.0.1:{node.config.peer}")
         try:
             for _ in range(3):      # answered: the reader that read the ZMTP 1.0 message goes on
                 assert "states" in dealer.request(QUERY, {"ids": ["nothing-here"]})
