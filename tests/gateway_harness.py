@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import queue
 import socket
 import threading
@@ -27,10 +28,15 @@ from typing import Any
 import pytest
 
 from miyaq.config import NodeConfig
+from miyaq.core.binding import port_in_use
+from miyaq.errors import ConfigError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.node.node import Node
 from miyaq.runtime import green
-from miyaq.testing.ports import free_port
+from miyaq.testing import ports
+from miyaq.testing.ports import PORT_TRIES, free_port  # noqa: F401  (tests import free_port from here)
+
+logger = logging.getLogger(__name__)
 
 WAIT = 15.0   # generous upper bound for anything to happen; tests never assert durations
 
@@ -51,10 +57,25 @@ def wait_for(predicate: Callable[[], Any], what: str, timeout: float = WAIT) -> 
 
 class NodeThread:
     def __init__(self, **settings: Any) -> None:
-        port = free_port()
-        values: dict[str, Any] = {"port": port, "peer_port": free_port(), "pub_port": free_port(),
-                                  "http_port": free_port(), "node_id": "t1", "shutdown_grace": 0.0}
-        values.update(settings)
+        """A node in a thread, started. The ports ``settings`` do not name
+        are picked here, and picked again if another process takes one
+        before the node binds it (up to ``PORT_TRIES`` starts, as
+        miyaq.testing.harness does); a named port in use fails the start."""
+        for attempt in range(1, PORT_TRIES + 1):
+            picked = {name: ports.free_port() for name in ("port", "peer_port", "pub_port", "http_port")
+                      if name not in settings}
+            self._start({**picked, "node_id": "t1", "shutdown_grace": 0.0, **settings})
+            if self._error is None:
+                return
+            taken = port_in_use(self._error.message) if isinstance(self._error, ConfigError) else None
+            if taken is None or taken[0] not in picked.values() or attempt == PORT_TRIES:
+                break
+            logger.warning("gateway test node: port %d (%s) was taken before it bound it; starting it again on "
+                           "fresh ports (start %d of %d)", taken[0], taken[1], attempt + 1, PORT_TRIES)
+        raise RuntimeError(f"node did not start: {self._error!r}")
+
+    def _start(self, values: dict[str, Any]) -> None:
+        """Start the node's thread and wait until it started (``_error``: why it did not)."""
         self.config = NodeConfig(**values)
         self.node: Node | None = None
         self._stop_watcher: Any = None
@@ -64,8 +85,8 @@ class NodeThread:
         self._error: BaseException | None = None
         self.thread = threading.Thread(target=self._run, name="node-" + self.config.id, daemon=True)
         self.thread.start()
-        if not self._ready.wait(10) or self._error is not None:
-            raise RuntimeError(f"node did not start: {self._error!r}")
+        if not self._ready.wait(10) and self._error is None:
+            self._error = Timeout("the node did not start within 10 s")
 
     @property
     def url(self) -> str:
@@ -77,10 +98,11 @@ class NodeThread:
             self._stop_watcher = green.ThreadWake(lambda: green.Greenlet.spawn(self.node.stop, 0))
             self._call_watcher = green.ThreadWake(self._run_calls)
             self.node.start()
-        except BaseException as exc:
+        except BaseException as exc:      # the test's thread raises it (NodeThread.__init__)
             self._error = exc
+            green.destroy_hub()
             self._ready.set()
-            raise
+            return
         self._ready.set()
         try:
             self.node.wait()

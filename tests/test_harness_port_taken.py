@@ -36,14 +36,15 @@ def held() -> Iterator[int]:
         yield sock.getsockname()[1]
 
 
-def hand_out_first(monkeypatch, taken: int, times: int = 1) -> list[int]:
-    """The picker hands out ``taken`` for its next ``times`` picks, then
-    its own choices; returns the list of every port it handed out."""
+def hand_out_first(monkeypatch, taken: int, times: int = 1, after: int = 0) -> list[int]:
+    """The picker hands out ``taken`` for ``times`` picks after its next
+    ``after``, its own choices otherwise; returns the list of every port it
+    handed out."""
     real = ports.free_port
     handed: list[int] = []
 
     def picker(span: int = 1, host: str = "127.0.0.1") -> int:
-        port = taken if len(handed) < times else real(span, host)
+        port = taken if after <= len(handed) < after + times else real(span, host)
         handed.append(port)
         return port
 
@@ -117,3 +118,27 @@ def test_a_zookeeper_on_a_port_the_caller_named_still_fails_in_use(monkeypatch, 
     finally:
         server.close()
     assert handed == []
+
+
+def test_a_gateway_test_node_whose_picked_http_port_was_taken_starts_on_fresh_ports(monkeypatch, held):
+    from gateway_harness import Http, NodeThread
+
+    handed = hand_out_first(monkeypatch, held, after=3)      # its 4th pick: the HTTP port
+    node = NodeThread()
+    try:
+        assert handed[3] == held and node.config.http_port == handed[-1] != held
+        http = Http(node.url)
+        try:
+            assert http.get("/status")[0] == 200
+        finally:
+            http.close()
+    finally:
+        node.stop()
+
+
+def test_a_gateway_test_node_on_an_http_port_the_test_named_still_fails_in_use(monkeypatch, held):
+    from gateway_harness import NodeThread
+
+    hand_out_first(monkeypatch, held, times=0)
+    with pytest.raises(RuntimeError, match=f"port {held} is in use \\(HTTP gateway on 127.0.0.1\\)"):
+        NodeThread(http_port=held)
