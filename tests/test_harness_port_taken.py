@@ -142,3 +142,18 @@ def test_a_gateway_test_node_on_an_http_port_the_test_named_still_fails_in_use(m
     hand_out_first(monkeypatch, held, times=0)
     with pytest.raises(RuntimeError, match=f"port {held} is in use \\(HTTP gateway on 127.0.0.1\\)"):
         NodeThread(http_port=held)
+
+
+def test_a_cluster_node_whose_picked_port_was_taken_starts_on_fresh_ports(zk_server, zk_cluster_name, procs,
+                                                                           client_for, monkeypatch, held):
+    """The run that lost tests/test_peer_versions.py's test: nodes started
+    together (``wait=False``), one of them on a port taken meanwhile; its
+    client is one to the node's final port."""
+    from cluster_harness import Cluster
+
+    cluster = Cluster(procs, zk_server.hosts, zk_cluster_name, client_for)
+    handed = hand_out_first(monkeypatch, held, after=1)     # the second node's pick
+    cluster.start(2)
+    assert handed[1] == held and held not in (cluster.nodes["n0"].port, cluster.nodes["n1"].port)
+    assert cluster.nodes["n1"].endpoint == f"tcp://127.0.0.1:{cluster.nodes['n1'].port}"
+    assert cluster.client("n1").status()["node"] == "n1"
