@@ -157,3 +157,10 @@ def test_a_cluster_node_whose_picked_port_was_taken_starts_on_fresh_ports(zk_ser
     assert handed[1] == held and held not in (cluster.nodes["n0"].port, cluster.nodes["n1"].port)
     assert cluster.nodes["n1"].endpoint == f"tcp://127.0.0.1:{cluster.nodes['n1'].port}"
     assert cluster.client("n1").status()["node"] == "n1"
+
+
+def test_an_in_process_node_whose_picked_port_was_taken_starts_on_a_fresh_one(monkeypatch, held, inproc):
+    handed = hand_out_first(monkeypatch, held, after=1)     # the second node's pick
+    cluster = inproc(nodes=2)
+    ports_now = sorted(handle.config.port for handle in cluster.nodes.values())
+    assert handed[1] == held and held not in ports_now and len(set(ports_now)) == 2

@@ -33,11 +33,12 @@ from typing import Any
 from miyaq.cluster.ring_view import Member
 from miyaq.config import NodeConfig
 from miyaq.constants import FROZEN_RESYNC_TIMEOUT, HOUSEKEEPING_INTERVAL, STALL, SUSPECT_AFTER_FREEZE
-from miyaq.errors import Timeout
+from miyaq.core.binding import port_in_use
+from miyaq.errors import ConfigError, Timeout
 from miyaq.node.assemble import build_node
 from miyaq.protocol.taskspec import task_from_wire
 from miyaq.runtime import clock, green, monotonic, wall
-from miyaq.testing.harness import free_port
+from miyaq.testing.harness import PORT_TRIES, free_port
 from miyaq.testing.inprocess_handles import InProcessNode, Submission
 from miyaq.testing.memnet import Network
 from miyaq.testing.memtransport import MemoryTransport, endpoints
@@ -116,18 +117,34 @@ class InProcessCluster:
 
     def start_node(self, node_id: str, **settings: Any) -> InProcessNode:
         """Build and start ``node_id`` (again, after :meth:`stop_node`: a restart,
-        from its log if ``data_dir`` is set). It sees the current ring at once."""
+        from its log if ``data_dir`` is set). It sees the current ring at once.
+        Its service port is picked at its first start, and picked again if
+        another process takes it before the node binds it (up to
+        ``PORT_TRIES`` starts, as :mod:`miyaq.testing.harness` does); a
+        restart keeps it."""
         if node_id in self.nodes:
             raise ValueError(f"node {node_id} is running")
-        port = self._ports.setdefault(node_id, free_port())
-        merged = {**self.settings, **settings, "node_id": node_id, "port": port}
-        if merged.get("data_dir"):
-            merged["data_dir"] = os.path.join(merged["data_dir"], node_id)   # one log per node
-        config = NodeConfig(**merged)
-        peer, pub = endpoints(node_id)
-        member = Member(node_id, service=f"tcp://127.0.0.1:{port}", peer=peer, pub=pub, weight=config.weight)
-        transport = MemoryTransport(self.net, node_id, config.max_message)
-        node = build_node(config, coordinator=self.script.coordinator(member), transport=transport)
+        first = node_id not in self._ports      # its port is picked now (a restart keeps it)
+        for attempt in range(1, PORT_TRIES + 1):
+            port = self._ports.setdefault(node_id, free_port())
+            merged = {**self.settings, **settings, "node_id": node_id, "port": port}
+            if merged.get("data_dir"):
+                merged["data_dir"] = os.path.join(merged["data_dir"], node_id)   # one log per node
+            config = NodeConfig(**merged)
+            peer, pub = endpoints(node_id)
+            member = Member(node_id, service=f"tcp://127.0.0.1:{port}", peer=peer, pub=pub, weight=config.weight)
+            transport = MemoryTransport(self.net, node_id, config.max_message)
+            try:
+                node = build_node(config, coordinator=self.script.coordinator(member), transport=transport)
+                break
+            except ConfigError as exc:
+                transport.close()
+                taken = port_in_use(exc.message)
+                if not first or taken is None or taken[0] != port or attempt == PORT_TRIES:
+                    raise
+                logger.warning("in-process node %s: port %d was taken before it bound it; starting it again on a "
+                               "fresh port (start %d of %d)", node_id, port, attempt + 1, PORT_TRIES)
+                del self._ports[node_id]
         node.start()
         handle = self.nodes[node_id] = InProcessNode(node_id, config, transport, node)
         return handle
