@@ -182,6 +182,7 @@ class ThreadNode:
         self._coordinator = coordinator
         self._settings = settings
         self._picked: set[int] = set()      # the ports the harness picked, which it may pick again
+        self.node: Node | None = None
         self._configure(None if "port" in settings else free_port())
 
     def _configure(self, port: int | None) -> None:
