@@ -39,13 +39,11 @@ from miyaq.node.node import Node
 from miyaq.runtime import LOG, Supervisor, green, monotonic
 from miyaq.runtime.endpoints import WILDCARDS, tcp_endpoint
 from miyaq.testing import ports
+from miyaq.testing.ports import PORT_TRIES
 from miyaq.worker.runner import Worker
 
 logger = logging.getLogger(__name__)
 
-PORT_TRIES = ports.PORT_TRIES
-"""Starts of a node whose picked port another process took before it bound
-it (the first and up to two more, each on freshly picked ports)."""
 
 
 def free_port() -> int:
