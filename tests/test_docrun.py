@@ -216,3 +216,21 @@ def test_a_curl_whose_error_the_runner_cannot_see_still_fails_the_block(session,
         session.run_shell(line.format(web=web))
     session.run_shell(f"curl -s {web}/ok {web}/ok")      # two answers, both good: passes
     session.run_shell("curl --version")                  # no HTTP answer to read: passes
+
+
+def test_after_a_dev_cluster_is_ready_a_page_finds_it_through_its_state_file_not_the_mapped_default():
+    """Fault (CI, 2026-12-08): cluster.md's ``miyaq dev-cluster --nodes 3``
+    moved n1 to the next free block (another process took a port of its
+    own after the check), and wrote its real endpoint to ``.miyaq-dev.json``;
+    the page's ``miyaq worker tasks:app`` and ``tasks.add.call`` still
+    dialled the mapped default ``MIYAQ_CONNECT`` (the port n1 had left) --
+    the page says they read the file when ``MIYAQ_CONNECT`` is not given."""
+    session = DocSession("docs/example.md")
+    try:
+        assert "MIYAQ_CONNECT" in session.env and "MIYAQ_CONNECT" in os.environ
+        session._after_ready("miyaq node --port 7450")
+        assert "MIYAQ_CONNECT" in session.env, "a lone node's page keeps the mapped default"
+        session._after_ready("miyaq dev-cluster --nodes 3")
+        assert "MIYAQ_CONNECT" not in session.env and "MIYAQ_CONNECT" not in os.environ
+    finally:
+        session.close()

@@ -77,9 +77,22 @@ class DocSession:
                 proc = Background(command, self.dir, self.env, log)
                 self.background.append(proc)
                 proc.wait_ready()
+                self._after_ready(command.text)
             self._run_group(group)
         except BlockFailed as exc:
             raise BlockFailed(f"{exc}{self.logs()}") from None
+
+    def _after_ready(self, text: str) -> None:
+        """What the page's later commands see once ``text`` is running: after
+        ``miyaq dev-cluster`` the mapped ``MIYAQ_CONNECT`` goes, so that they
+        find the cluster through ``.miyaq-dev.json`` as the page says. A dev
+        cluster that moves a node whose port another process took (to the
+        next free block) writes the node's real endpoint there; the mapped
+        default still named the port it had left (CI, 2026-12-08: a worker
+        and a producer of cluster.md dialled nothing)."""
+        if text.split()[:2] == ["miyaq", "dev-cluster"]:
+            self.env.pop("MIYAQ_CONNECT", None)
+            os.environ.pop("MIYAQ_CONNECT", None)
 
     def _run_group(self, commands: list[str]) -> None:
         if commands:
