@@ -13,6 +13,7 @@ from typing import Any, overload
 import zmq
 
 from . import clock, green
+from .waits import forked_since, forks, park_for_good
 from .connections import use_family_of
 from .messages import MessageSource, SenderAddress, has_message, recv_bounded, recv_frames, recv_with_user, send_frames
 
@@ -49,12 +50,18 @@ class HubSocket:
     * ZeroMQ's descriptor is edge-triggered and any operation on the socket
       may consume its signal, so a send while the reader waits re-checks
       ``ZMQ_EVENTS`` and wakes the reader if a message is there;
-    * not thread-safe, like every ZeroMQ socket: the hub's thread only.
+    * not thread-safe, like every ZeroMQ socket: the hub's thread only;
+    * the process's own: in a forked copy of it (a gevent-pool handler's
+      ``os.fork()``) a greenlet that would receive or send parks for good
+      (:func:`~miyaq.runtime.waits.park_for_good`) without touching the
+      socket, and :meth:`close` only forgets it -- libzmq is not fork-safe,
+      and the copy's socket shares its descriptor with the parent's.
     """
 
     def __init__(self, sock: Any, users: bool = False, limits: tuple[int, int] | None = None,
                  routed: bool = False, sources: bool = False) -> None:
         self.sock = sock
+        self._forks = forks()        # the process's: a forked copy must not touch the socket
         self._routed = routed       # a ROUTER: its first frame, the routing id, always has more
         #: With ``sources`` (and ``limits``): where the last message read came
         #: from (:class:`MessageSource`, filled by :func:`recv_bounded`), else None.
@@ -76,6 +83,7 @@ class HubSocket:
 
     def readable(self) -> bool:
         """A message can be received now (:func:`has_message`)."""
+        self._check_process()
         return has_message(self.sock)
 
     @overload
@@ -94,6 +102,7 @@ class HubSocket:
         Raises ``zmq.ZMQError`` when the socket is closed, and, made with
         ``limits`` (frames, bytes), :class:`MessageRefused` for a message
         over them (read to its end and not kept: :func:`recv_bounded`)."""
+        self._check_process()
         sock = self.sock
         if _zmq_poll([(sock, _POLLIN)], 0):          # has_message, without its call
             self._share.check()     # kept busy: yield now and then (green.FairShare)
@@ -125,9 +134,15 @@ class HubSocket:
 
     def recv_nowait(self) -> Message | None:
         """A message (as :meth:`recv`) if one is there now, else None."""
+        self._check_process()
         if not _zmq_poll([(self.sock, _POLLIN)], 0):     # has_message, without its call
             return None
         return self._take()
+
+    def _check_process(self) -> None:
+        """Park for good in a forked copy of the process that made this socket."""
+        if forked_since(self._forks):
+            park_for_good()
 
     def _take_plain(self) -> Message:
         return recv_frames(self.sock, _NOW), None
@@ -173,13 +188,18 @@ class HubSocket:
     def send(self, frames: list[bytes]) -> None:
         """Send one message now or raise (``zmq.Again``: no room or, on a
         ROUTER, no such peer yet; ``ZMQError``: EHOSTUNREACH, closed...)."""
+        self._check_process()
         try:
             send_frames(self.sock, frames)
         finally:
             self._recheck()
 
     def close(self, linger: int = 0) -> None:
-        """Close the socket; a waiting reader wakes and its next call raises."""
+        """Close the socket; a waiting reader wakes and its next call raises.
+        In a forked copy only forgotten (closing would post to the parent's
+        ZeroMQ threads, through descriptors the copy shares with it)."""
+        if forked_since(self._forks):
+            return
         self._fd.wake()
         self._fd.close()
         self.sock.close(linger=linger)
@@ -199,6 +219,7 @@ class HubPoller:
     reader waits wake it, so the next wait includes them."""
 
     def __init__(self) -> None:
+        self._forks = forks()        # as HubSocket's: a forked copy's poll parks for good
         self._socks: list[Any] = []
         self._fds = green.FdSet()
         self._woken = False       # wake() was called: the poll returns
@@ -221,7 +242,11 @@ class HubPoller:
         """``[(socket, POLLIN), ...]`` for each socket with a message,
         waiting at most ``timeout`` milliseconds (None: for ever) for one, or
         until :meth:`wake` (then perhaps none). A :meth:`wake` while no poll
-        waited ends the next poll at once: it is never lost."""
+        waited ends the next poll at once: it is never lost. In a forked copy
+        of the process that made the poller it parks for good (as
+        :class:`HubSocket`'s reader)."""
+        if forked_since(self._forks):
+            park_for_good()
         ready = self._ready()
         if ready or timeout == 0 or self._woken:
             self._woken = False
@@ -248,6 +273,8 @@ class HubPoller:
     def recheck(self, sock: Any) -> None:
         """After an operation on ``sock`` from another greenlet: wake the
         waiting reader if ``sock`` has a message."""
+        if forked_since(self._forks):
+            park_for_good()
         if self._fds.waiting and has_message(sock):
             self._fds.wake()
 

@@ -5,15 +5,63 @@
 from __future__ import annotations
 
 import logging
+import os
 import weakref
 from collections import deque
 from time import monotonic as _real_monotonic
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import gevent
+import gevent.event
 import gevent.hub
 
 logger = logging.getLogger("miyaq.runtime.green")     # the facade's: one logger for the runtime's gevent parts
+
+
+#: Forks this process is a copy of (counted by Python's fork hook): a waiter
+#: made before a fork finds it changed in the copy (:func:`forked_since`).
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+os.register_at_fork(after_in_child=_count_fork)
+
+
+def forks() -> int:
+    """How many forks made this process (0 in one not forked: a worker, a
+    node, a processes-pool child, which is a fresh interpreter); record it
+    when making something tied to a descriptor or socket of this process."""
+    return _forks
+
+
+def forked_since(generation: int) -> bool:
+    """This process is a forked copy of the one where :func:`forks` returned
+    ``generation``: the descriptors and ZeroMQ sockets made there are the
+    parent's, not to be touched here (libzmq is not fork-safe)."""
+    return _forks != generation
+
+
+def park_for_good() -> NoReturn:
+    """Never return: the calling greenlet, in a forked copy of a process,
+    was about to wait on or use a socket of the parent's (a gevent-pool
+    worker's link, pulse or flusher, copied by a handler's ``os.fork()``).
+    It waits on an event nobody sets; an exception thrown into it (a
+    timeout) is swallowed and it waits again, a kill (``GreenletExit``)
+    ends it. The copy ends as its forking handler does. Before (review43,
+    2026-12-08) the copied link reader woke on the descriptor it shared
+    with its worker and read the copied socket: ``ZMQError`` in a loop, at
+    full CPU, in copies that outlived their worker."""
+    while True:
+        try:
+            gevent.event.Event().wait()
+        except gevent.GreenletExit:
+            raise
+        except BaseException:  # noqa: BLE001 - a copy's timeout or stop must not make it touch the socket
+            pass
 
 
 class ThreadWake:
@@ -43,9 +91,14 @@ class _Parking:
     The parked greenlet itself is what the watchers' callbacks switch to (no
     ``gevent.hub.Waiter`` made a wait: about 500 instructions of a lone
     message's wake-up); each wait has a turn, so a :meth:`wake` meant for
-    one wait never ends a later one."""
+    one wait never ends a later one.
+
+    In a forked copy of the process that made it a wait parks for good
+    (:func:`park_for_good`), and so does one parked at the fork when it
+    wakes: its descriptors are the parent's, shared with it."""
 
     def __init__(self) -> None:
+        self._forks = _forks        # the process's (see forked_since)
         self._hub = gevent.get_hub()
         self._loop = self._hub.loop
         self._set_ones = _ready_in(self._hub)     # the hub's Wakeups set: one may run at once (see _park)
@@ -75,6 +128,8 @@ class _Parking:
         called, or a timer the caller started with :meth:`_fire` fires
         (True, True, or its value). A kill thrown into the greenlet ends the
         wait as it would a ``Waiter``'s; the watchers are stopped either way."""
+        if self._forks != _forks:
+            park_for_good()
         if self._parked is not None:
             raise RuntimeError("another greenlet already waits here")
         ready = self._ready
@@ -85,12 +140,16 @@ class _Parking:
         try:
             set_ones = self._set_ones
             if set_ones.pending and self._parked is not self._hub:
-                return bool(set_ones.hand_off(self._hub))
-            return bool(self._hub.switch())
+                woken = set_ones.hand_off(self._hub)
+            else:
+                woken = self._hub.switch()
         finally:
             self._parked = None
             for watcher in watchers:
-                watcher.stop()
+                watcher.stop()      # in a copy too: a descriptor shared with the parent stays readable
+        if self._forks != _forks:
+            park_for_good()     # parked at the fork, woken in the copy
+        return bool(woken)
 
     def wake(self) -> None:
         """End the current wait (if any) as if a descriptor were readable."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -461,3 +462,52 @@ def fork_and_return(tag: str) -> str:
         record("forked", tag, os.getpid())
         return "the forked copy"
     return "the child"
+
+
+#: What a forked copy's probe records: the worker's calls into its sockets.
+_SOCKET_CALLS = ("_zmq_poll", "recv_frames", "recv_with_user", "recv_bounded", "send_frames", "has_message")
+
+
+@app.task(name="fork_and_wake_readers")
+def fork_and_wake_readers(tag: str) -> int:
+    """Fork a copy that counts every call into the worker's sockets made
+    through :mod:`miyaq.runtime.hub_socket`, wakes each reader waiting on
+    one (as the descriptor it shares with the worker does when a message
+    comes to the worker), yields to its hub (``green.sleep``) and records
+    ``["copy", tag, readers woken, calls, their names]`` before it exits; return the
+    copy's exit code (-9: it did not get back to its probe within
+    ``BARRIER_WAIT`` and was killed). Gevent pool only."""
+    import gc
+
+    from miyaq.runtime import hub_socket
+
+    pid = os.fork()
+    if pid == 0:
+        try:
+            calls: list[str] = []
+
+            def counted(name: str, fn):
+                def call(*args, **kwargs):
+                    calls.append(name)
+                    return fn(*args, **kwargs)
+                return call
+
+            for name in _SOCKET_CALLS:
+                setattr(hub_socket, name, counted(name, getattr(hub_socket, name)))
+            gc.unfreeze()       # the worker froze its start-up objects (miyaq.runtime.heap): see them all
+            readers = [o for o in gc.get_objects() if isinstance(o, hub_socket.HubSocket) and o._fd.waiting]
+            for reader in readers:
+                reader._fd.wake()
+            for _ in range(20):     # the woken readers run at the first; the others let the copy's hub go round
+                green.sleep(0.01)
+            record("copy", tag, len(readers), len(calls), sorted(set(calls)))
+        finally:
+            os._exit(0)
+    end = time.monotonic() + BARRIER_WAIT
+    while time.monotonic() < end:       # bounded: a copy that spins never gets back to its probe
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
