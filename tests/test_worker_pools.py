@@ -553,11 +553,13 @@ def test_a_forked_helper_is_not_ended_by_another_handler_s_copy(procs, node, cli
 @pytest.mark.timeout(60)
 def test_a_gevent_handler_s_forked_copy_never_touches_the_worker_s_sockets(procs, node, client, events):
     """Fault: in the gevent pool a handler forks, and its copy yields to
-    its hub while the worker's link reader waits on the descriptor the copy
-    shares with the worker (a message for the worker makes it readable in
-    both: the probe wakes the copy's readers as it would). The copy's
-    readers park for good without a call into the copied sockets, and the
-    copy ends. Before (review43, 2026-12-08), the copy's link reader read
+    its hub while the worker's link reader and the reader of the link's
+    connection monitor (``zmq.green``) wait on descriptors the copy shares
+    with the worker (a message or a connection event for the worker makes
+    them readable in both: the probe wakes the copy's readers as they
+    would). The copy's readers park for good without a call into the
+    copied sockets, its green sockets' watchers are stopped, and the copy
+    ends. Before (review43, 2026-12-08), the copy's link reader read
     the copied socket: ``ZMQError`` from ``recv_frames`` in a loop, at full
     CPU, in copies that outlived their worker."""
     path, env = events
@@ -566,9 +568,9 @@ def test_a_gevent_handler_s_forked_copy_never_touches_the_worker_s_sockets(procs
     tag = uuid.uuid4().hex
     status = client.call("fork_and_wake_readers", [tag], timeout=40, max_retries=0)
     assert status == 0, "the copy did not get back to its probe (killed): its readers spun on the worker's sockets"
-    [(woken, calls, names)] = [e[2:] for e in pools.read_events(path) if e[:2] == ["copy", tag]]
-    assert woken >= 1, "the probe found no reader waiting: it tested nothing"
-    assert (calls, names) == (0, [])
+    [(woken, monitors, watched, calls, names)] = [e[2:] for e in pools.read_events(path) if e[:2] == ["copy", tag]]
+    assert woken >= 1 and monitors >= 1, "the probe found no reader waiting: it tested nothing"
+    assert (watched, calls, names) == (0, 0, [])
     assert client.call("add", [2, 3], timeout=30) == 5 and w.alive()
 
 

@@ -132,7 +132,11 @@ class SocketFactory(SocketMonitors):
         self.io_threads: str | None = None
         if ctx is None:
             policy = io_threads if io_threads is not None else chosen_io_policy()
-            ctx = self.module.Context()
+            if self.green:     # its sockets keep out of a forked copy's way (.green_sockets)
+                from .green_sockets import Context as GreenContext
+                ctx = GreenContext()
+            else:
+                ctx = self.module.Context()
             self.io_threads = apply_io_policy(ctx, policy)
         self.ctx = ctx
         self.max_message = max_message

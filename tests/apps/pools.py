@@ -473,11 +473,16 @@ def fork_and_wake_readers(tag: str) -> int:
     """Fork a copy that counts every call into the worker's sockets made
     through :mod:`miyaq.runtime.hub_socket`, wakes each reader waiting on
     one (as the descriptor it shares with the worker does when a message
-    comes to the worker), yields to its hub (``green.sleep``) and records
-    ``["copy", tag, readers woken, calls, their names]`` before it exits; return the
+    comes to the worker) and each greenlet waiting on a ``zmq.green``
+    socket (a link's monitor: as its watcher does), yields to its hub
+    (``green.sleep``) and records ``["copy", tag, readers woken, monitor
+    readers woken, green sockets still watched, calls, their names]``
+    before it exits; return the
     copy's exit code (-9: it did not get back to its probe within
     ``BARRIER_WAIT`` and was killed). Gevent pool only."""
     import gc
+
+    import zmq.green as zmq_green
 
     from miyaq.runtime import hub_socket
 
@@ -498,9 +503,16 @@ def fork_and_wake_readers(tag: str) -> int:
             readers = [o for o in gc.get_objects() if isinstance(o, hub_socket.HubSocket) and o._fd.waiting]
             for reader in readers:
                 reader._fd.wake()
+            # The link monitors (zmq.green): a watcher on the shared descriptor
+            # asks libzmq for the socket's state; a reader waits for it to say "readable".
+            greens = [o for o in gc.get_objects() if isinstance(o, zmq_green.Socket) and not o.closed]
+            watching = sum(1 for o in greens if o._state_event is not None and o._state_event.active)
+            monitors = [o for o in greens if not o._Socket__readable.ready()]
+            for monitor in monitors:
+                monitor._Socket__readable.set()
             for _ in range(20):     # the woken readers run at the first; the others let the copy's hub go round
                 green.sleep(0.01)
-            record("copy", tag, len(readers), len(calls), sorted(set(calls)))
+            record("copy", tag, len(readers), len(monitors), watching, len(calls), sorted(set(calls)))
         finally:
             os._exit(0)
     end = time.monotonic() + BARRIER_WAIT
