@@ -8,8 +8,9 @@
   ``runtime-gevent-facade``);
 - :mod:`.supervisor` -- every greenlet is spawned through a
   :class:`Supervisor`, named, with a crash policy (none dies silently);
-- :mod:`.sockets` -- the only module that imports ``zmq.green``; every
-  socket is made by a :class:`SocketFactory`;
+- :mod:`.sockets` -- with its part :mod:`.green_sockets` (the green
+  sockets a forked copy leaves alone), the only modules that import
+  ``zmq.green``; every socket is made by a :class:`SocketFactory`;
 - :mod:`.clock` -- ``monotonic()`` for deadlines, ``wall()`` for stamps
   other processes read;
 - :mod:`.heap` -- the start-up heap of miyaq's own processes, frozen out of
